@@ -1,0 +1,118 @@
+"""The released AnyTalker DiT files (`1_3B-single-v1.pth`, `14B-multi-v1.pth`, configs) as they are.
+
+The release's `WanModel` config and state-dict names are translated to AnyTalkerTransformer's
+(diffusers Wan naming); loading builds the model on the meta device and assigns the file's
+(memory-mapped) tensors in place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from accelerate import init_empty_weights
+
+from ..utils.checkpoints import CheckpointError, load_state_dict_into_meta_model, open_state_dict
+
+# Fixed in the release's code, so absent from its config files.
+_RELEASE_CONSTANTS = {"patch_size": (1, 2, 2), "text_dim": 4096, "image_dim": 1280, "face_dim": 1280,
+                      "audio_layers": 12, "audio_channels": 768}
+
+
+def config_from_official(official: Mapping | str | os.PathLike) -> dict:
+    """AnyTalkerTransformer config from a release config (`config_af2v_1_3B.json` style dict or path)."""
+    if not isinstance(official, Mapping):
+        path = Path(official)
+        if not path.is_file():
+            raise CheckpointError(f"DiT config not found: expected a JSON file at {path}")
+        official = json.loads(path.read_text())
+    if official.get("model_type", "a2v_af") != "a2v_af":
+        raise CheckpointError(f"unsupported model_type {official.get('model_type')!r}: AnyTalker releases use 'a2v_af'")
+    for flag in ("norm_input_visual", "norm_output_audio"):
+        if not official.get(flag, True):
+            raise CheckpointError(f"{flag}=False is used by no AnyTalker release and is not supported")
+    dim, heads = official["dim"], official["num_heads"]
+    return dict(
+        _RELEASE_CONSTANTS,
+        num_attention_heads=heads,
+        attention_head_dim=dim // heads,
+        in_channels=official.get("in_dim", 36),
+        out_channels=official.get("out_dim", 16),
+        text_len=official.get("text_len", 512),
+        freq_dim=official.get("freq_dim", 256),
+        ffn_dim=official["ffn_dim"],
+        num_layers=official["num_layers"],
+        eps=official.get("eps", 1e-6),
+        audio_attention="separate" if official.get("legacy_audio_cross_attn", False) else "fused",
+        audio_window=official.get("audio_window", 5),
+        audio_hidden_dim=official.get("intermediate_dim", 512),
+        audio_tokens_per_frame=official.get("context_tokens", 32),
+        audio_token_dim=official.get("audio_output_dim", 768),
+        temporal_stride=official.get("vae_scale", 4),
+    )
+
+
+_EMBEDDER = {"0": "norm1", "1": "ff.net.0.proj", "3": "ff.net.2", "4": "norm2"}
+_ATTENTION = {"q": "to_q", "k": "to_k", "v": "to_v", "o": "to_out.0", "norm_q": "norm_q", "norm_k": "norm_k",
+              "k_img": "add_k_proj", "v_img": "add_v_proj", "norm_k_img": "norm_added_k",
+              "k_face": "to_k_face", "v_face": "to_v_face", "norm_k_face": "norm_k_face",
+              "k_audio": "to_k_audio", "v_audio": "to_v_audio", "norm_k_audio": "norm_k_audio"}
+_AUDIO_ATTENTION = {"q_linear": "to_q", "kv_linear": "to_kv", "k_face": "to_k_face", "v_face": "to_v_face",
+                    "proj": "to_out.0"}
+_BLOCK = {"modulation": "scale_shift_table", "norm3": "norm2", "norm_x": "norm_audio",
+          "ffn.0": "ffn.net.0.proj", "ffn.2": "ffn.net.2"}
+_TOP = {"text_embedding.0": "condition_embedder.text_embedder.linear_1",
+        "text_embedding.2": "condition_embedder.text_embedder.linear_2",
+        "time_embedding.0": "condition_embedder.time_embedder.linear_1",
+        "time_embedding.2": "condition_embedder.time_embedder.linear_2",
+        "time_projection.1": "condition_embedder.time_proj",
+        "head.head": "proj_out", "patch_embedding": "patch_embedding"}
+
+_PATTERNS = [
+    (re.compile(r"blocks\.(\d+)\.(self_attn|cross_attn)\.(\w+)\.(weight|bias)$"),
+     lambda m: f"blocks.{m[1]}.{'attn1' if m[2] == 'self_attn' else 'attn2'}.{_ATTENTION[m[3]]}.{m[4]}"),
+    (re.compile(r"blocks\.(\d+)\.audio_cross_attn\.(\w+)\.(weight|bias)$"),
+     lambda m: f"blocks.{m[1]}.audio_attn.{_AUDIO_ATTENTION[m[2]]}.{m[3]}"),
+    (re.compile(r"blocks\.(\d+)\.(modulation|norm3|norm_x|ffn\.0|ffn\.2)(\.weight|\.bias|)$"),
+     lambda m: f"blocks.{m[1]}.{_BLOCK[m[2]]}{m[3]}"),
+    (re.compile(r"(img_emb|audio_ref_emb)\.proj\.(\d)\.(weight|bias)$"),
+     lambda m: f"{'condition_embedder.image_embedder' if m[1] == 'img_emb' else 'face_embedder'}."
+               f"{_EMBEDDER[m[2]]}.{m[3]}"),
+    (re.compile(r"(?:audio_emb|audio_proj)\.(proj1|proj1_vf|proj2|proj3|norm)\.(weight|bias)$"),
+     lambda m: f"audio_projector.{m[1]}.{m[2]}"),
+    (re.compile(r"head\.modulation$"), lambda m: "scale_shift_table"),
+    (re.compile(r"(text_embedding\.[02]|time_embedding\.[02]|time_projection\.1|head\.head|patch_embedding)"
+                r"\.(weight|bias)$"),
+     lambda m: f"{_TOP[m[1]]}.{m[2]}"),
+]
+
+
+def official_key_to_diffusers(key: str) -> str:
+    """Release state-dict key -> AnyTalkerTransformer key (unknown keys are returned unchanged)."""
+    for pattern, replace in _PATTERNS:
+        match = pattern.match(key)
+        if match:
+            try:
+                return replace(match)
+            except KeyError:
+                return key
+    return key
+
+
+def load_official_transformer(cls, checkpoint, config, torch_dtype: torch.dtype | None = None):
+    """Builds `cls` on the meta device from a release config and fills it from a release checkpoint."""
+    model_config = config_from_official(config)
+    state_dict = checkpoint if isinstance(checkpoint, Mapping) else open_state_dict(checkpoint, "AnyTalker DiT checkpoint")
+    source = "state dict" if isinstance(checkpoint, Mapping) else str(checkpoint)
+    with init_empty_weights():
+        model = cls.from_config(model_config)
+    keep_fp32 = tuple(cls._keep_in_fp32_modules) if torch_dtype in (torch.float16, torch.bfloat16) else ()
+    load_state_dict_into_meta_model(
+        model, state_dict, rename=official_key_to_diffusers, dtype=torch_dtype, source=source,
+        keep_fp32=lambda name: any(part in name.split(".") for part in keep_fp32),
+    )
+    return model.eval()

@@ -1,0 +1,117 @@
+"""Reading release checkpoints without extra copies, and filling meta-device models in place.
+
+Release files are large (the 14B DiT is ~80 GB in fp32): they are memory-mapped, renamed key by
+key and assigned into a model whose parameters live on the meta device, so the host never holds
+a second full copy.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable, or does not fit the model it is loaded into."""
+
+
+class LazySafetensors(Mapping):
+    """Read-only mapping over a .safetensors file; a tensor is read only when asked for."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = str(path)
+        self._handle = safe_open(self.path, framework="pt")
+        self._keys = list(self._handle.keys())
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key not in self._keys:
+            raise KeyError(key)
+        return self._handle.get_tensor(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def shape(self, key: str) -> list[int]:
+        return list(self._handle.get_slice(key).get_shape())
+
+
+def open_state_dict(path: str | os.PathLike, what: str = "checkpoint", nested_keys=("model", "state_dict")) -> Mapping:
+    """Opens a `.safetensors` or torch-pickle (`.pth`/`.pt`/`.bin`) state dict without copying it.
+
+    Pickles are loaded with `mmap=True, weights_only=True`; a pickle whose top level holds the
+    weights under one of `nested_keys` (the DiT releases keep them under "model") is unwrapped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what} not found: expected a file at {path}")
+    try:
+        if path.suffix == ".safetensors":
+            return LazySafetensors(path)
+        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any reader failure means a corrupt or foreign file
+        raise CheckpointError(f"{what} at {path} could not be read ({type(error).__name__}: {error})") from error
+    for key in nested_keys:
+        if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
+            state = state[key]
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{what} at {path} does not hold a state dict of tensors")
+    return state
+
+
+def _preview(keys: list[str], limit: int = 12) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def load_state_dict_into_meta_model(
+    model: torch.nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    rename: Callable[[str], str] = lambda key: key,
+    transform: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
+    dtype: torch.dtype | None = None,
+    keep_fp32: Callable[[str], bool] = lambda name: False,
+    source: str = "checkpoint",
+) -> torch.nn.Module:
+    """Strictly fills `model` (built under `accelerate.init_empty_weights`) from `state_dict`.
+
+    Every source key must map (through `rename`) to a parameter or persistent buffer of the same
+    shape, and every parameter must be covered; otherwise a CheckpointError lists the offenders.
+    Tensors are assigned, not copied, unless a dtype change is asked for.
+    """
+    expected = dict(model.state_dict(keep_vars=True))
+    shapes = {name: tuple(t.shape) for name, t in expected.items()}
+    unexpected, mismatched, converted = [], [], {}
+    for key in state_dict.keys():
+        name = rename(key)
+        if name not in shapes:
+            unexpected.append(key)
+            continue
+        tensor = state_dict[key]
+        if transform is not None:
+            tensor = transform(name, tensor)
+        if tuple(tensor.shape) != shapes[name]:
+            mismatched.append(f"{key}: file {tuple(tensor.shape)} vs model {shapes[name]}")
+            continue
+        target = torch.float32 if keep_fp32(name) else dtype
+        if target is not None and tensor.is_floating_point() and tensor.dtype != target:
+            tensor = tensor.to(target)
+        converted[name] = tensor
+    missing = [name for name in shapes if name not in converted]
+    problems = []
+    if missing:
+        problems.append(f"missing keys ({len(missing)}): {_preview(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys ({len(unexpected)}): {_preview(unexpected)}")
+    if mismatched:
+        problems.append(f"shape mismatches ({len(mismatched)}): {_preview(mismatched)}")
+    if problems:
+        raise CheckpointError(f"{source} does not fit {type(model).__name__}: " + "; ".join(problems))
+    model.load_state_dict(converted, strict=True, assign=True)
+    return model

@@ -1,0 +1,143 @@
+"""umT5 encoder: golden-vector parity, full-size manifest, loader errors, prompt path."""
+
+import json
+
+import pytest
+import torch
+from conftest import load_case, parity_params, require_parity_dir
+from safetensors.torch import load_file, save_file
+
+from anytalker.encoders.text import (
+    TEXT_LEN,
+    clean_prompt,
+    encode_prompts,
+    encode_token_ids,
+    load_umt5_encoder,
+    load_umt5_tokenizer,
+    umt5_from_state_dict,
+)
+from anytalker.utils.checkpoints import CheckpointError
+
+TOL = 1e-4  # README §2: float32 noise is ~1e-6, a semantic error is far above 1e-3
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    root = require_parity_dir()
+    config = json.loads((root / "t5_tiny.config.json").read_text())
+    model = load_umt5_encoder(root / "t5_tiny.weights.safetensors", dtype=torch.float32, config=config)
+    return model, config
+
+
+@pytest.mark.parametrize("case", parity_params("t5_tiny"))
+def test_parity(tiny, case):
+    model, _ = tiny
+    tensors, meta = load_case(case)
+    with torch.no_grad():
+        out = model(input_ids=tensors["ids"], attention_mask=tensors["mask"]).last_hidden_state
+    # Padded positions are computed, not zeroed, in the release: compare every position.
+    assert (out - tensors["out_full"]).abs().max().item() <= TOL
+    trimmed = encode_token_ids(model, tensors["ids"], tensors["mask"])
+    assert [len(t) for t in trimmed] == meta["lengths"]
+    for b, features in enumerate(trimmed):
+        assert (features - tensors[f"out_trimmed.{b}"]).abs().max().item() <= TOL
+
+
+def test_default_load_is_bf16_and_tied(tiny):
+    root = require_parity_dir()
+    model = load_umt5_encoder(root / "t5_tiny.weights.safetensors", config=tiny[1])
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert model.encoder.embed_tokens is model.shared  # one table, as in the file
+    assert not any(p.requires_grad for p in model.parameters())
+
+
+def test_manifest_fits_full_size_model():
+    root = require_parity_dir()
+    manifest = json.loads((root / "manifest_t5_umt5_xxl_encoder.json").read_text())
+    # Meta tensors stand in for the real 11 GB file: the same rename / strict shape-checked load
+    # runs, and any uncovered parameter or unplaced key raises.
+    state = {k["name"]: torch.empty(k["shape"], dtype=DTYPES[k["dtype"]], device="meta") for k in manifest["keys"]}
+    model = umt5_from_state_dict(state)  # default config = umT5-XXL
+    assert sum(p.numel() for p in model.parameters()) == manifest["num_elements"]
+    assert model.shared.weight.shape == (256384, 4096) and len(model.encoder.block) == 24
+
+
+def test_missing_file_names_path(tmp_path):
+    missing = tmp_path / "models_t5_umt5-xxl-enc-bf16.pth"
+    with pytest.raises(CheckpointError, match=str(missing)):
+        load_umt5_encoder(missing)
+
+
+def test_wrong_shape_raises(tiny, tmp_path):
+    root = require_parity_dir()
+    state = load_file(str(root / "t5_tiny.weights.safetensors"))
+    state["blocks.1.attn.q.weight"] = torch.zeros(32, 31)
+    path = tmp_path / "bad.safetensors"
+    save_file(state, str(path))
+    with pytest.raises(CheckpointError, match=r"blocks\.1\.attn\.q\.weight") as error:
+        load_umt5_encoder(path, config=tiny[1])
+    assert str(path) in str(error.value)
+
+
+def test_unexpected_and_shared_pos_rejected(tiny):
+    root = require_parity_dir()
+    state = dict(load_file(str(root / "t5_tiny.weights.safetensors")))
+    state["pos_embedding.embedding.weight"] = torch.zeros(32, 2)  # a shared_pos=True file
+    with pytest.raises(CheckpointError, match="unexpected"):
+        umt5_from_state_dict(state, config=tiny[1])
+    with pytest.raises(ValueError, match="shared_pos"):
+        umt5_from_state_dict(state, config={**tiny[1], "shared_pos": True})
+
+
+def _tiny_tokenizer_folder(path):
+    """A word-level tokenizer with umT5's special ids (pad 0, </s> 1) appended like umT5 does."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<pad>", "</s>", "<unk>"] + "a man and woman talk in the room happily".split()
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    specials = {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"}
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, **specials)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_prompt_path_pads_truncates_and_trims(tiny, tmp_path):
+    model, _ = tiny
+    tokenizer = load_umt5_tokenizer(_tiny_tokenizer_folder(tmp_path / "umt5"))
+    prompts = ["a man  and\n a woman talk", "the room", "a man and a woman talk in the room happily a man"]
+
+    cleaned = [clean_prompt(p) for p in prompts]
+    batch = tokenizer(cleaned, padding="max_length", truncation=True, max_length=8, return_tensors="pt")
+    assert batch["input_ids"].shape == (3, 8)
+    assert batch["attention_mask"].sum(1).tolist() == [7, 3, 8]  # 6 words + </s>; the last one truncated
+    assert batch["input_ids"][2, -1].item() == 1  # truncation keeps the final </s>
+
+    features = encode_prompts(model, tokenizer, prompts, max_length=8)
+    assert [tuple(f.shape) for f in features] == [(7, 32), (3, 32), (8, 32)]
+    with torch.no_grad():
+        full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    for b, f in enumerate(features):
+        assert torch.equal(f, full[b, : len(f)])
+
+    # Default: every prompt is padded to the pipeline's 512 tokens; trimming makes the result
+    # independent of the padding (umT5 masks padded keys).
+    default = encode_prompts(model, tokenizer, prompts[:2])
+    assert TEXT_LEN == 512 and [len(f) for f in default] == [7, 3]
+    for short, long in zip(features, default):
+        assert (short - long).abs().max().item() <= TOL
+
+
+def test_clean_prompt():
+    assert clean_prompt("  a &amp;amp; b\n\t c  ") == "a & b c"
+
+
+def test_missing_tokenizer_folder(tmp_path):
+    with pytest.raises(CheckpointError, match=str(tmp_path / "google" / "umt5-xxl")):
+        load_umt5_tokenizer(tmp_path / "google" / "umt5-xxl")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="could not be loaded"):
+        load_umt5_tokenizer(tmp_path / "empty")
