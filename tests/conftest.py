@@ -40,4 +40,19 @@ def parity_params(prefix: str) -> list:
     return [pytest.param(None, id="absent", marks=pytest.mark.skip(reason=reason))]
 
 
+def make_tiny_tokenizer(path):
+    """A word-level tokenizer with umT5's special ids (pad 0, </s> 1) appended like umT5 does."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<pad>", "</s>", "<unk>"] + "a man and woman talk in the room happily".split()
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    specials = {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"}
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, **specials)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 from anytalker.parity import load_case  # noqa: E402,F401  (re-exported for the tests)

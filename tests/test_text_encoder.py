@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import load_case, parity_params, require_parity_dir
+from conftest import load_case, make_tiny_tokenizer, parity_params, require_parity_dir
 from safetensors.torch import load_file, save_file
 
 from anytalker.encoders.text import (
@@ -90,24 +90,9 @@ def test_unexpected_and_shared_pos_rejected(tiny):
         umt5_from_state_dict(state, config={**tiny[1], "shared_pos": True})
 
 
-def _tiny_tokenizer_folder(path):
-    """A word-level tokenizer with umT5's special ids (pad 0, </s> 1) appended like umT5 does."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    words = ["<pad>", "</s>", "<unk>"] + "a man and woman talk in the room happily".split()
-    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    specials = {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"}
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, **specials)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 def test_prompt_path_pads_truncates_and_trims(tiny, tmp_path):
     model, _ = tiny
-    tokenizer = load_umt5_tokenizer(_tiny_tokenizer_folder(tmp_path / "umt5"))
+    tokenizer = load_umt5_tokenizer(make_tiny_tokenizer(tmp_path / "umt5"))
     prompts = ["a man  and\n a woman talk", "the room", "a man and a woman talk in the room happily a man"]
 
     cleaned = [clean_prompt(p) for p in prompts]

@@ -39,6 +39,36 @@ def cmd_parity(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    """Converts a release download folder into one diffusers-format folder (safetensors, model_index.json)."""
+    import json
+
+    import torch
+
+    from .pipeline import AnyTalkerPipeline
+    from .utils.checkpoints import CheckpointError
+
+    dst = Path(args.dst)
+    if dst.exists() and not args.overwrite:
+        print(f"error: {dst} exists; pass --overwrite to replace it", file=sys.stderr)
+        return 2
+    configs = json.loads(Path(args.configs).read_text()) if args.configs else None
+    try:
+        pipe = AnyTalkerPipeline.from_release(args.src, args.variant, getattr(torch, DTYPES[args.dtype]),
+                                              wan_dir=args.wan_dir, base_transformer=args.base_transformer,
+                                              configs=configs)
+    except (CheckpointError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    pipe.save_pretrained_atomic(dst, overwrite=args.overwrite)
+    if not args.quiet:
+        print(f"wrote {dst} (AnyTalker {args.variant}, {args.dtype}); load it with AnyTalkerPipeline.from_pretrained")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anytalker", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -46,6 +76,20 @@ def build_parser() -> argparse.ArgumentParser:
     parity.add_argument("--parity-dir", help="golden vectors (default: ../shared/parity or $ANYTALKER_PARITY_DIR)")
     parity.add_argument("--quiet", action="store_true", help="no progress bar")
     parity.set_defaults(func=cmd_parity)
+
+    convert = sub.add_parser("convert", help=cmd_convert.__doc__)
+    convert.add_argument("src", help="release download folder (Wan2.1-Fun-1.3B-Inp/, wav2vec2-base-960h/, AnyTalker/)")
+    convert.add_argument("dst", help="output diffusers-format folder")
+    convert.add_argument("--variant", choices=["1.3B", "14B"], default="1.3B")
+    convert.add_argument("--dtype", choices=sorted(DTYPES), default="bf16",
+                         help="dtype of the transformer, text and image encoders (VAE and wav2vec2 stay fp32)")
+    convert.add_argument("--wan-dir", help="Wan2.1 folder (release or diffusers layout; default SRC/Wan2.1-Fun-1.3B-Inp)")
+    convert.add_argument("--base-transformer", help="Wan2.1 DiT supplying weights the AnyTalker file lacks")
+    convert.add_argument("--configs", help="JSON of constructor configs for non-standard sizes: "
+                                           '{"vae": {...}, "text_encoder": {...}, "image_encoder": {...}}')
+    convert.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    convert.add_argument("--quiet", action="store_true", help="print nothing on success")
+    convert.set_defaults(func=cmd_convert)
     return parser
 
 

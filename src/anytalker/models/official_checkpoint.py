@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from accelerate import init_empty_weights
 
-from ..utils.checkpoints import CheckpointError, load_state_dict_into_meta_model, open_state_dict
+from ..utils.checkpoints import CheckpointError, Overlay, load_state_dict_into_meta_model, open_state_dict
 
 # Fixed in the release's code, so absent from its config files.
 _RELEASE_CONSTANTS = {"patch_size": (1, 2, 2), "text_dim": 4096, "image_dim": 1280, "face_dim": 1280,
@@ -103,16 +103,49 @@ def official_key_to_diffusers(key: str) -> str:
     return key
 
 
-def load_official_transformer(cls, checkpoint, config, torch_dtype: torch.dtype | None = None):
-    """Builds `cls` on the meta device from a release config and fills it from a release checkpoint."""
+class _Renamed(Mapping):
+    """A state dict seen under AnyTalkerTransformer's names (release or diffusers-Wan names accepted)."""
+
+    def __init__(self, state_dict: Mapping):
+        self._source = {official_key_to_diffusers(key): key for key in state_dict.keys()}
+        self._state_dict = state_dict
+
+    def __getitem__(self, key):
+        return self._state_dict[self._source[key]]
+
+    def source_key(self, key):
+        return self._source[key]
+
+    def __iter__(self):
+        return iter(self._source)
+
+    def __len__(self):
+        return len(self._source)
+
+
+def _open(checkpoint, what: str) -> tuple[Mapping, str]:
+    if isinstance(checkpoint, Mapping):
+        return checkpoint, f"{what} (state dict)"
+    return open_state_dict(checkpoint, what), f"{what} {checkpoint}"
+
+
+def load_official_transformer(cls, checkpoint, config, torch_dtype: torch.dtype | None = None, base_checkpoint=None):
+    """Builds `cls` on the meta device from a release config and fills it from release files.
+
+    `base_checkpoint` (a Wan2.1 DiT in release or diffusers naming, file, shard folder or dict)
+    supplies every weight the AnyTalker checkpoint does not hold; the AnyTalker file wins.
+    """
     model_config = config_from_official(config)
-    state_dict = checkpoint if isinstance(checkpoint, Mapping) else open_state_dict(checkpoint, "AnyTalker DiT checkpoint")
-    source = "state dict" if isinstance(checkpoint, Mapping) else str(checkpoint)
+    state_dict, source = _open(checkpoint, "AnyTalker DiT checkpoint")
+    state_dict = _Renamed(state_dict)
+    if base_checkpoint is not None:
+        base, base_source = _open(base_checkpoint, "base Wan DiT checkpoint")
+        state_dict, source = Overlay(state_dict, _Renamed(base)), f"{source} over {base_source}"
     with init_empty_weights():
         model = cls.from_config(model_config)
     keep_fp32 = tuple(cls._keep_in_fp32_modules) if torch_dtype in (torch.float16, torch.bfloat16) else ()
     load_state_dict_into_meta_model(
-        model, state_dict, rename=official_key_to_diffusers, dtype=torch_dtype, source=source,
+        model, state_dict, dtype=torch_dtype, source=source,
         keep_fp32=lambda name: any(part in name.split(".") for part in keep_fp32),
     )
     return model.eval()

@@ -318,15 +318,18 @@ class AnyTalkerTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin
         return Transformer2DModelOutput(sample=output)
 
     @classmethod
-    def from_official(cls, checkpoint, config, torch_dtype: torch.dtype | None = None) -> "AnyTalkerTransformer":
-        """Loads a release DiT file as it is.
+    def from_official(cls, checkpoint, config, torch_dtype: torch.dtype | None = None,
+                      base_checkpoint=None) -> "AnyTalkerTransformer":
+        """Loads a release DiT file as it is, strictly (every key used, every parameter filled).
 
         Args:
             checkpoint: `.pth` (weights under "model") or `.safetensors` path, or a state dict with the
                 release's key names.
             config: the release's DiT config (`config_af2v_1_3B.json` style) as a dict or path.
             torch_dtype: cast to this dtype while loading; None keeps the file's dtype, as the release does.
+            base_checkpoint: optional Wan2.1 DiT (e.g. Wan2.1-Fun-1.3B-InP's
+                `diffusion_pytorch_model.safetensors`, or a shard folder) for weights `checkpoint` lacks.
         """
         from .official_checkpoint import load_official_transformer
 
-        return load_official_transformer(cls, checkpoint, config, torch_dtype)
+        return load_official_transformer(cls, checkpoint, config, torch_dtype, base_checkpoint)

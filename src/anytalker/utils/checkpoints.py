@@ -7,6 +7,7 @@ a second full copy.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -20,41 +21,81 @@ class CheckpointError(ValueError):
 
 
 class LazySafetensors(Mapping):
-    """Read-only mapping over a .safetensors file; a tensor is read only when asked for."""
+    """Read-only mapping over one or more .safetensors shards; a tensor is read only when asked for."""
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = str(path)
-        self._handle = safe_open(self.path, framework="pt")
-        self._keys = list(self._handle.keys())
+    def __init__(self, *paths: str | os.PathLike):
+        self.paths = [str(path) for path in paths]
+        self._handles = {}
+        for path in self.paths:
+            handle = safe_open(path, framework="pt")
+            self._handles.update({key: handle for key in handle.keys()})
 
     def __getitem__(self, key: str) -> torch.Tensor:
-        if key not in self._keys:
-            raise KeyError(key)
-        return self._handle.get_tensor(key)
+        return self._handles[key].get_tensor(key)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._keys)
+        return iter(self._handles)
 
     def __len__(self) -> int:
-        return len(self._keys)
+        return len(self._handles)
 
-    def shape(self, key: str) -> list[int]:
-        return list(self._handle.get_slice(key).get_shape())
+
+class Overlay(Mapping):
+    """Union of state dicts; earlier ones win where the same key appears in several."""
+
+    def __init__(self, *state_dicts: Mapping):
+        self._owner = {}
+        for state_dict in reversed(state_dicts):
+            self._owner.update({key: state_dict for key in state_dict.keys()})
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self._owner[key][key]
+
+    def source_key(self, key: str) -> str:
+        return source_key(self._owner[key], key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._owner)
+
+    def __len__(self) -> int:
+        return len(self._owner)
+
+
+def _safetensors_shards(path: Path) -> list[Path]:
+    """Shards named by a `*.safetensors.index.json`, or every `*.safetensors` of a folder."""
+    if path.is_dir():
+        indexes = sorted(path.glob("*.safetensors.index.json"))
+        if not indexes:
+            return sorted(path.glob("*.safetensors"))
+        path = indexes[0]
+    weight_map = json.loads(path.read_text())["weight_map"]
+    return [path.parent / name for name in sorted(set(weight_map.values()))]
 
 
 def open_state_dict(path: str | os.PathLike, what: str = "checkpoint", nested_keys=("model", "state_dict")) -> Mapping:
-    """Opens a `.safetensors` or torch-pickle (`.pth`/`.pt`/`.bin`) state dict without copying it.
+    """Opens a state dict without copying it: `.safetensors`, a sharded safetensors folder or
+    `*.safetensors.index.json`, or a torch pickle (`.pth`/`.pt`/`.bin`).
 
     Pickles are loaded with `mmap=True, weights_only=True`; a pickle whose top level holds the
     weights under one of `nested_keys` (the DiT releases keep them under "model") is unwrapped.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"{what} not found: expected a file at {path}")
     try:
+        if path.is_dir() or path.name.endswith(".safetensors.index.json"):
+            shards = _safetensors_shards(path)
+            if not shards:
+                raise CheckpointError(f"{what} not found: no *.safetensors files in {path}")
+            missing = [str(shard) for shard in shards if not shard.is_file()]
+            if missing:
+                raise CheckpointError(f"{what} is incomplete: missing shards {', '.join(missing)}")
+            return LazySafetensors(*shards)
         if path.suffix == ".safetensors":
             return LazySafetensors(path)
         state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except CheckpointError:
+        raise
     except Exception as error:  # noqa: BLE001 - any reader failure means a corrupt or foreign file
         raise CheckpointError(f"{what} at {path} could not be read ({type(error).__name__}: {error})") from error
     for key in nested_keys:
@@ -63,6 +104,11 @@ def open_state_dict(path: str | os.PathLike, what: str = "checkpoint", nested_ke
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{what} at {path} does not hold a state dict of tensors")
     return state
+
+
+def source_key(state_dict: Mapping, key: str) -> str:
+    """The name a key has in its file, for error messages (mappings that rename keys say so)."""
+    return state_dict.source_key(key) if hasattr(state_dict, "source_key") else key
 
 
 def _preview(keys: list[str], limit: int = 12) -> str:
@@ -91,13 +137,13 @@ def load_state_dict_into_meta_model(
     for key in state_dict.keys():
         name = rename(key)
         if name not in shapes:
-            unexpected.append(key)
+            unexpected.append(source_key(state_dict, key))
             continue
         tensor = state_dict[key]
         if transform is not None:
             tensor = transform(name, tensor)
         if tuple(tensor.shape) != shapes[name]:
-            mismatched.append(f"{key}: file {tuple(tensor.shape)} vs model {shapes[name]}")
+            mismatched.append(f"{source_key(state_dict, key)}: file {tuple(tensor.shape)} vs model {shapes[name]}")
             continue
         target = torch.float32 if keep_fp32(name) else dtype
         if target is not None and tensor.is_floating_point() and tensor.dtype != target:
