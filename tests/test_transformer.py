@@ -6,6 +6,7 @@ from safetensors.torch import save_file
 
 from anytalker.models import AnyTalkerTransformer
 from anytalker.models.attention import build_dense_temporal_mask, temporal_audio_face_attention
+from anytalker.models.official_checkpoint import to_official_state_dict
 from anytalker.utils.checkpoints import CheckpointError
 
 AUDIO = dict(audio_window=5, audio_layers=2, audio_channels=8)
@@ -165,7 +166,8 @@ def test_from_official_reads_release_files(tmp_path, suffix):
 
     config = official_tiny_config()
     reference = AnyTalkerTransformer.from_config(config_from_official(config))
-    state = release_state_dict(reference)
+    state = {key: value.clone() for key, value in to_official_state_dict(reference).items()}
+    assert "blocks.0.cross_attn.k_face.weight" in state and "audio_emb.proj1.weight" in state
     path = tmp_path / f"model{suffix}"
     if suffix == ".pth":
         torch.save({"model": state}, path)
@@ -181,34 +183,11 @@ def test_from_official_reads_release_files(tmp_path, suffix):
     assert half.blocks[0].scale_shift_table.dtype == torch.float32  # kept in fp32, as diffusers does
 
 
-def release_state_dict(model):
-    """Release-named state dict of `model`, via the official key names of the full manifest's layout."""
-    from anytalker.models.official_checkpoint import official_key_to_diffusers
-
-    names = ["patch_embedding.weight", "patch_embedding.bias", "head.modulation", "head.head.weight",
-             "head.head.bias"]
-    names += [f"{p}.{i}.{w}" for p in ("text_embedding", "time_embedding") for i in (0, 2) for w in ("weight", "bias")]
-    names += ["time_projection.1.weight", "time_projection.1.bias"]
-    names += [f"{e}.proj.{i}.{w}" for e in ("img_emb", "audio_ref_emb") for i in (0, 1, 3, 4) for w in ("weight", "bias")]
-    names += [f"audio_emb.{p}.{w}" for p in ("proj1", "proj2", "proj3", "norm") for w in ("weight", "bias")]
-    block = ["modulation", "norm3.weight", "norm3.bias"] + [f"ffn.{i}.{w}" for i in (0, 2) for w in ("weight", "bias")]
-    block += [f"self_attn.{m}.{w}" for m in "qkvo" for w in ("weight", "bias")] + ["self_attn.norm_q.weight",
-                                                                                  "self_attn.norm_k.weight"]
-    block += [f"cross_attn.{m}.{w}" for m in ("q", "k", "v", "o", "k_img", "v_img", "k_face", "v_face", "k_audio",
-                                               "v_audio") for w in ("weight", "bias")]
-    block += [f"cross_attn.{n}.weight" for n in ("norm_q", "norm_k", "norm_k_img", "norm_k_face", "norm_k_audio")]
-    names += [f"blocks.{b}.{n}" for b in range(len(model.blocks)) for n in block]
-    own = model.state_dict()
-    state = {name: own[official_key_to_diffusers(name)].clone() for name in names}
-    assert len(state) == len(own)
-    return state
-
-
 def test_from_official_reports_missing_unexpected_and_mismatched_keys(tmp_path):
     from anytalker.models.official_checkpoint import config_from_official
 
     config = official_tiny_config()
-    state = release_state_dict(AnyTalkerTransformer.from_config(config_from_official(config)))
+    state = to_official_state_dict(AnyTalkerTransformer.from_config(config_from_official(config)))
     del state["blocks.0.cross_attn.k_face.weight"]
     state["blocks.0.cross_attn.extra.weight"] = torch.zeros(1)
     state["head.head.weight"] = torch.zeros(3, 3)
@@ -223,3 +202,29 @@ def test_from_official_reports_missing_unexpected_and_mismatched_keys(tmp_path):
         AnyTalkerTransformer.from_official(missing, config)
     with pytest.raises(CheckpointError, match="model_type"):
         AnyTalkerTransformer.from_official(state, {**config, "model_type": "t2v"})
+
+
+def test_from_official_overlays_a_sharded_base_in_diffusers_naming(tmp_path):
+    import json
+
+    from anytalker.models.official_checkpoint import config_from_official
+
+    config = official_tiny_config()
+    reference = AnyTalkerTransformer.from_config(config_from_official(config))
+    own = {k: v.clone().contiguous() for k, v in reference.state_dict().items()}
+    audio_face = {k: v for k, v in to_official_state_dict(reference).items() if "face" in k or "audio" in k}
+    base = {k: v for k, v in own.items() if "face" not in k and "audio" not in k}
+    base["proj_out.bias"] = torch.full_like(base["proj_out.bias"], 7.0)  # overridden by the AnyTalker file below
+    audio_face["head.head.bias"] = own["proj_out.bias"]
+    names = sorted(base)
+    shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for shard, keys in shards.items():
+        save_file({k: base[k] for k in keys}, str(tmp_path / shard))
+    weight_map = {k: shard for shard, keys in shards.items() for k in keys}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+
+    loaded = AnyTalkerTransformer.from_official(audio_face, config, base_checkpoint=tmp_path)
+    for name, value in own.items():
+        assert torch.equal(loaded.state_dict()[name], value), name
+    with pytest.raises(CheckpointError, match="missing keys"):
+        AnyTalkerTransformer.from_official(audio_face, config)

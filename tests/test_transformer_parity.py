@@ -9,7 +9,12 @@ from conftest import parity_params, require_parity_dir
 
 from anytalker.models import AnyTalkerTransformer
 from anytalker.models.attention import build_dense_temporal_mask
-from anytalker.models.official_checkpoint import config_from_official, official_key_to_diffusers
+from anytalker.models.official_checkpoint import (
+    RELEASE_DIT_CONFIGS,
+    config_from_official,
+    diffusers_key_to_official,
+    official_key_to_diffusers,
+)
 from anytalker.parity import TOLERANCE, load_case, load_release_transformer, transformer_case_diffs
 
 _MODELS = {}
@@ -49,3 +54,8 @@ def test_full_size_manifest_maps_onto_meta_model(manifest):
     assert len(mapped) == len(spec["keys"]) == spec["num_keys"]
     assert mapped == params
     assert sum(p.numel() for p in model.parameters()) == spec["num_elements"]
+    # Exporting back to release names is the exact inverse, and the bundled configs are the release's.
+    variant = model.config.audio_attention
+    assert [diffusers_key_to_official(official_key_to_diffusers(item["name"]), variant) for item in spec["keys"]] \
+        == [item["name"] for item in spec["keys"]]
+    assert RELEASE_DIT_CONFIGS["1.3B" if variant == "fused" else "14B"] == spec["config_json"]

@@ -18,6 +18,18 @@ from accelerate import init_empty_weights
 
 from ..utils.checkpoints import CheckpointError, Overlay, load_state_dict_into_meta_model, open_state_dict
 
+# The release's DiT configs (`config_af2v_1_3B.json`, `config_af2v_14B.json`).
+_COMMON = {"model_type": "a2v_af", "text_len": 512, "in_dim": 36, "freq_dim": 256, "out_dim": 16, "eps": 1e-6,
+           "temporal_align": True, "audio_window": 5, "intermediate_dim": 512, "audio_output_dim": 768,
+           "context_tokens": 32, "vae_scale": 4, "norm_input_visual": True, "norm_output_audio": True,
+           "use_concat_attention": False}
+RELEASE_DIT_CONFIGS = {
+    "1.3B": {**_COMMON, "dim": 1536, "ffn_dim": 8960, "num_heads": 12, "num_layers": 30,
+             "legacy_audio_cross_attn": False},
+    "14B": {**_COMMON, "dim": 5120, "ffn_dim": 13824, "num_heads": 40, "num_layers": 40,
+            "legacy_audio_cross_attn": True},
+}
+
 # Fixed in the release's code, so absent from its config files.
 _RELEASE_CONSTANTS = {"patch_size": (1, 2, 2), "text_dim": 4096, "image_dim": 1280, "face_dim": 1280,
                       "audio_layers": 12, "audio_channels": 768}
@@ -101,6 +113,41 @@ def official_key_to_diffusers(key: str) -> str:
             except KeyError:
                 return key
     return key
+
+
+def _inverse(table: dict) -> dict:
+    return {value: key for key, value in table.items()}
+
+
+_INVERSE_PATTERNS = [
+    (re.compile(r"blocks\.(\d+)\.(attn1|attn2)\.(.+)\.(weight|bias)$"),
+     lambda m, _: f"blocks.{m[1]}.{'self_attn' if m[2] == 'attn1' else 'cross_attn'}.{_inverse(_ATTENTION)[m[3]]}.{m[4]}"),
+    (re.compile(r"blocks\.(\d+)\.audio_attn\.(.+)\.(weight|bias)$"),
+     lambda m, _: f"blocks.{m[1]}.audio_cross_attn.{_inverse(_AUDIO_ATTENTION)[m[2]]}.{m[3]}"),
+    (re.compile(r"blocks\.(\d+)\.(scale_shift_table|norm2|norm_audio|ffn\.net\.0\.proj|ffn\.net\.2)(\.weight|\.bias|)$"),
+     lambda m, _: f"blocks.{m[1]}.{_inverse(_BLOCK)[m[2]]}{m[3]}"),
+    (re.compile(r"(condition_embedder\.image_embedder|face_embedder)\.(.+)\.(weight|bias)$"),
+     lambda m, _: f"{'img_emb' if m[1] != 'face_embedder' else 'audio_ref_emb'}.proj.{_inverse(_EMBEDDER)[m[2]]}.{m[3]}"),
+    (re.compile(r"audio_projector\.(.+)$"),
+     lambda m, variant: f"{'audio_emb' if variant == 'fused' else 'audio_proj'}.{m[1]}"),
+    (re.compile(r"scale_shift_table$"), lambda m, _: "head.modulation"),
+    (re.compile(r"(.+)\.(weight|bias)$"), lambda m, _: f"{_inverse(_TOP)[m[1]]}.{m[2]}"),
+]
+
+
+def diffusers_key_to_official(key: str, audio_attention: str = "fused") -> str:
+    """AnyTalkerTransformer key -> the release's key (for exporting weights in release format)."""
+    for pattern, replace in _INVERSE_PATTERNS:
+        match = pattern.match(key)
+        if match:
+            return replace(match, audio_attention)
+    raise KeyError(f"{key} has no release name")
+
+
+def to_official_state_dict(model) -> dict:
+    """The model's weights under the release's names (what `1_3B-single-v1.pth` holds under "model")."""
+    variant = model.config.audio_attention
+    return {diffusers_key_to_official(name, variant): tensor for name, tensor in model.state_dict().items()}
 
 
 class _Renamed(Mapping):
