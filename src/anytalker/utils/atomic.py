@@ -1,0 +1,41 @@
+"""Atomic file writes: a crash or an exception never leaves a partial file at the destination.
+
+Used for videos, checkpoints and JSON sidecars: write to a temporary name in the destination's
+folder (same file system, so the final `os.replace` is atomic), then rename.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; on success it replaces `path`, on error it is removed.
+
+        with atomic_write("out/clip.mp4") as tmp:
+            write_something(tmp)           # any writer that takes a file name
+
+    The temporary name is hidden (leading dot) and keeps the suffix, so writers that guess the
+    format from the extension still work. The parent folder is created if needed. An existing
+    file at `path` stays untouched until the rename. A hard kill (SIGKILL, power loss before the
+    rename) can leave the hidden temporary file behind, never a partial destination.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Not created here (mkstemp would make it 0600): the writer creates it with normal permissions.
+    tmp = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.tmp{path.suffix}")
+    try:
+        yield tmp
+        if not tmp.is_file():
+            raise FileNotFoundError(f"atomic_write: nothing was written to {tmp}")
+        with open(tmp, "rb") as handle:  # flush to disk first, or a power loss could leave an empty file
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # KeyboardInterrupt included: never leave the temporary file behind
+        tmp.unlink(missing_ok=True)
+        raise
