@@ -4,19 +4,20 @@ import json
 
 import pytest
 import torch
-from conftest import load_case, parity_params, require_parity_dir
+from conftest import parity_params, require_parity_dir
 from safetensors.torch import load_file, save_file
 
 from anytalker.encoders.image import (
-    clip_penultimate_features,
+    CLIP_MEAN,
+    CLIP_STD,
     clip_vision_from_state_dict,
     encode_clip_image,
     load_clip_vision,
     preprocess_clip_image,
 )
+from anytalker.parity import TOLERANCE, clip_vision_case_diffs, load_release_clip_vision
 from anytalker.utils.checkpoints import CheckpointError
 
-TOL = 1e-4  # README §2: float32 noise is ~1e-6
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
@@ -24,32 +25,22 @@ DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch
 def tiny():
     root = require_parity_dir()
     config = json.loads((root / "clip_vision_tiny.config.json").read_text())
-    model = load_clip_vision(root / "clip_vision_tiny.weights.safetensors", dtype=torch.float32, config=config)
-    return model, config
-
-
-def _max_diff(a, b):
-    assert a.shape == b.shape
-    return (a.float() - b).abs().max().item()
+    return load_release_clip_vision(root), config
 
 
 @pytest.mark.parametrize("case", parity_params("clip_vision_tiny"))
 def test_parity(tiny, case):
     model, config = tiny
-    tensors, _ = load_case(case)
-    image = tensors["image"][None]
-    pixel_values = preprocess_clip_image(image, size=config["image_size"], mean=config["mean"], std=config["std"])
-    assert _max_diff(pixel_values, tensors["pixel_values"]) <= TOL
-    with torch.no_grad():
-        tokens_in = model.pre_layrnorm(model.embeddings(tensors["pixel_values"]))
-        outputs = model(tensors["pixel_values"], output_hidden_states=True)
-    assert _max_diff(tokens_in, tensors["tokens_in"]) <= TOL
-    # hidden_states[0] is the pre-norm output, so [-2] is "all blocks but the last" ...
-    assert _max_diff(outputs.hidden_states[-2], tensors["out"]) <= TOL
-    assert _max_diff(outputs.last_hidden_state, tensors["out_all_blocks"]) <= TOL
-    # ... which is what the pipeline helpers return, from pixels or from the raw image.
-    assert _max_diff(clip_penultimate_features(model, tensors["pixel_values"]), tensors["out"]) <= TOL
-    assert _max_diff(encode_clip_image(model, image), tensors["out"]) <= TOL
+    # The pipeline preprocesses with the module defaults: they must be the release's.
+    assert model.config.image_size == config["image_size"]
+    assert (tuple(config["mean"]), tuple(config["std"])) == (CLIP_MEAN, CLIP_STD)
+    diffs = clip_vision_case_diffs(model, case)  # what `anytalker parity` reports
+    # pixel_values from the raw image; tokens_in, out_all_blocks and out.* from the golden pixel values,
+    # except `out`: encode_clip_image straight from the raw image, as the pipeline runs it.
+    assert set(diffs) == {"pixel_values", "tokens_in", "out.hidden_states", "out_all_blocks",
+                          "out.from_pixel_values", "out"}
+    for key, diff in diffs.items():
+        assert diff <= TOLERANCE, f"{case.name}:{key} differs from the release by {diff:.2e}"
 
 
 def test_default_load_is_fp16(tiny):

@@ -10,6 +10,7 @@ import json
 
 import pytest
 import torch
+from conftest import load_case, parity_params, require_parity_dir
 from safetensors.torch import load_file, save_file
 
 from anytalker.encoders.vae import (
@@ -17,17 +18,19 @@ from anytalker.encoders.vae import (
     WAN21_LATENTS_STD,
     WAN21_VAE_CONFIG,
     build_empty_vae,
-    decode_latents,
     denormalize_latents,
-    encode_video,
     load_wan_vae,
     normalize_latents,
     official_to_diffusers_keys,
 )
+from anytalker.parity import (
+    TOLERANCE,
+    load_release_vae,
+    max_abs_diff,
+    vae_case_diffs,
+    vae_case_outputs,
+)
 from anytalker.utils.checkpoints import CheckpointError
-from conftest import load_case, parity_params, require_parity_dir
-
-TOL = 1e-4
 
 
 @pytest.fixture(scope="module")
@@ -41,51 +44,28 @@ def tiny_weights():
 
 
 @pytest.fixture(scope="module")
-def tiny_vae(tiny_config, tiny_weights):
-    return load_wan_vae(tiny_weights, config=tiny_config)
+def tiny_vae():
+    return load_release_vae(require_parity_dir())
 
 
 def _max_diff(a, b):
     assert a.shape == b.shape, (a.shape, b.shape)
-    return (a.float() - b.float()).abs().max().item()
-
-
-@torch.no_grad()
-def _decode_unclamped(vae, z):
-    """diffusers' `AutoencoderKLWan._decode` without its final clamp (one latent frame per call)."""
-    x = vae.post_quant_conv(denormalize_latents(vae, z))
-    vae.clear_cache()
-    frames = []
-    for i in range(x.shape[2]):
-        vae._conv_idx = [0]
-        frames.append(
-            vae.decoder(x[:, :, i : i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx, first_chunk=i == 0)
-        )
-    vae.clear_cache()
-    return torch.cat(frames, dim=2)
+    return max_abs_diff(a, b)
 
 
 @pytest.mark.parametrize("case", parity_params("vae_tiny"))
 def test_parity(case, tiny_vae):
-    t, _ = load_case(case)
-    with torch.no_grad():
-        posterior = tiny_vae.encode(t["video"]).latent_dist
-        mu = encode_video(tiny_vae, t["video"])
-        decoded = decode_latents(tiny_vae, t["z"])
-    unclamped = _decode_unclamped(tiny_vae, t["z"])
+    diffs = vae_case_diffs(tiny_vae, case)  # what `anytalker parity` reports
+    print(case.name, diffs)
+    assert set(diffs) == {"mu", "mu_raw", "log_var", "decoded", "decoded_unclamped"}
+    assert all(d <= TOLERANCE for d in diffs.values()), diffs
 
+    t, _ = load_case(case)
     # diffusers clamps log_var to [-30, 20]; the golden values lie well inside, so compare directly.
     assert -30 < t["log_var"].min() and t["log_var"].max() < 20
-    diffs = {
-        "mu": _max_diff(mu, t["mu"]),
-        "mu_raw": _max_diff(posterior.mean, t["mu_raw"]),
-        "log_var": _max_diff(posterior.logvar, t["log_var"]),
-        "decoded": _max_diff(decoded, t["decoded"]),
-        "decoded_unclamped": _max_diff(unclamped, t["decoded_unclamped"]),
-    }
-    print(case.name, diffs)
-    assert all(d <= TOL for d in diffs.values()), diffs
-    # The test's unclamped loop is diffusers' decode path: clamping it gives decode's result exactly.
+    outputs = vae_case_outputs(tiny_vae, t)
+    decoded, unclamped = outputs["decoded"], outputs["decoded_unclamped"]
+    # The unclamped loop is diffusers' decode path: clamping it gives decode's result exactly.
     assert torch.equal(unclamped.clamp(-1, 1), decoded)
     assert decoded.abs().max() <= 1.0
 

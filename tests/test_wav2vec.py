@@ -1,6 +1,5 @@
 """wav2vec2 audio features against the official release's golden vectors (shared/parity/README.md §5)."""
 
-import json
 import shutil
 
 import pytest
@@ -17,14 +16,20 @@ from anytalker.encoders.wav2vec import (
     video_frame_count,
     window_features,
 )
+from anytalker.parity import (
+    TOLERANCE,
+    load_release_wav2vec,
+    wav2vec_case_diffs,
+    wav2vec_case_outputs,
+)
 from anytalker.utils.checkpoints import CheckpointError
 
-TOL = 1e-4  # README §2; float32 noise is ~3e-6, a semantic error is > 1e-3
+TOL = TOLERANCE  # README §2; float32 noise is ~3e-6, a semantic error is > 1e-3
 
 
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
-    """The golden tiny model laid out as a transformers folder, so load_wav2vec2 is exercised."""
+    """The golden tiny model laid out as a transformers folder, for the loader tests."""
     root = require_parity_dir()
     folder = tmp_path_factory.mktemp("wav2vec_tiny")
     shutil.copy(root / "wav2vec_tiny.config.json", folder / "config.json")
@@ -33,8 +38,9 @@ def tiny_folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def encoder(tiny_folder):
-    return AudioFeatureEncoder(load_wav2vec2(tiny_folder))
+def encoder():
+    """The tiny model as `anytalker parity` loads it (through load_wav2vec2)."""
+    return load_release_wav2vec(require_parity_dir())
 
 
 def _max_diff(a, b):
@@ -47,23 +53,22 @@ def _max_diff(a, b):
 
 @pytest.mark.parametrize("case_path", parity_params("wav2vec_tiny"))
 def test_parity(case_path, encoder):
-    case, meta = load_case(case_path)
-    trace = encoder.trace(case["waveform"], fps=int(case["fps"]))
+    diffs = wav2vec_case_diffs(encoder, case_path)  # what `anytalker parity` reports
+    assert list(diffs) == ["F", "audio_length", "input_values", "input_values_padded", "cnn_features",
+                           "cnn_features_interp", "hidden_states_all", "windowed_all", "expected"]
+    assert diffs["F"] == diffs["audio_length"] == 0
+    assert diffs["input_values"] < 1e-5 and diffs["input_values_padded"] < 1e-5
+    for key, diff in diffs.items():
+        assert diff < TOL, f"{case_path.name}:{key} differs from the release by {diff:.2e}"
 
-    assert trace.num_frames == int(case["F"]) == meta["F"]
-    assert trace.audio_length == int(case["audio_length"]) == meta["audio_length"]
-    assert trace.input_values_padded.numel() == meta["num_samples"] + meta["pad_samples"]
-    assert _max_diff(trace.input_values, case["input_values"]) < 1e-5
-    assert _max_diff(trace.input_values_padded, case["input_values_padded"]) < 1e-5
-    assert trace.cnn_features.shape[0] == meta["cnn_frames"]
-    assert _max_diff(trace.cnn_features, case["cnn_features"]) < TOL
-    assert _max_diff(trace.cnn_features_interp, case["cnn_features_interp"]) < TOL
-    assert _max_diff(trace.hidden_states, case["hidden_states_all"][:, 1:]) < TOL
-    assert _max_diff(window_features(trace.hidden_states), case["windowed_all"]) < TOL
-    assert trace.features.dtype == torch.float32
-    assert _max_diff(trace.features, case["expected"]) < TOL
+    case, meta = load_case(case_path)
+    assert int(case["F"]) == meta["F"] and int(case["audio_length"]) == meta["audio_length"]
+    outputs = wav2vec_case_outputs(encoder, case)
+    assert outputs["input_values_padded"].numel() == meta["num_samples"] + meta["pad_samples"]
+    assert outputs["cnn_features"].shape[0] == meta["cnn_frames"]
+    assert outputs["expected"].dtype == torch.float32
     # __call__ is the same computation
-    assert torch.equal(encoder(case["waveform"]), trace.features)
+    assert torch.equal(encoder(case["waveform"]), outputs["expected"])
 
 
 def test_padding_quirk_matters(encoder):

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -45,6 +47,26 @@ def load_release_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         elif not key.endswith("::lowrank_b"):
             state[key] = value
     return state
+
+
+def max_abs_diff(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """Max abs difference in float32; inf when the shapes differ (fails any tolerance)."""
+    if tuple(actual.shape) != tuple(expected.shape):
+        return float("inf")
+    if actual.numel() == 0:
+        return 0.0
+    return (actual.float() - expected.float()).abs().max().item()
+
+
+def _diffs(outputs: dict[str, torch.Tensor], case: dict, golden: dict[str, Callable] | None = None) -> dict[str, float]:
+    """Each computed output against its golden tensor: `case[name]`, or `golden[name](case)` if given."""
+    golden = golden or {}
+    return {name: max_abs_diff(value, golden[name](case) if name in golden else case[name])
+            for name, value in outputs.items()}
+
+
+def _config(parity_dir: Path, name: str) -> dict:
+    return json.loads((Path(parity_dir) / f"{name}.config.json").read_text())
 
 
 def load_release_transformer(parity_dir: Path, name: str):
@@ -84,17 +106,212 @@ def transformer_case_variants(case: dict) -> dict[str, dict]:
 def transformer_case_diffs(model, path: str | os.PathLike) -> dict[str, float]:
     """Max abs difference of every stored output of one DiT case."""
     case, _ = load_case(path)
-    return {key: (model(**inputs).sample[0] - case[key]).abs().max().item()
+    return {key: max_abs_diff(model(**inputs).sample[0], case[key])
             for key, inputs in transformer_case_variants(case).items()}
 
 
+
+# ---------------------------------------------------------------- Wan2.1 VAE (README: vae_tiny)
+
+
+def load_release_vae(parity_dir: Path, name: str = "vae_tiny"):
+    from .encoders.vae import load_wan_vae
+
+    return load_wan_vae(Path(parity_dir) / f"{name}.weights.safetensors", config=_config(parity_dir, name))
+
+
+@torch.no_grad()
+def decode_latents_unclamped(vae, z: torch.Tensor) -> torch.Tensor:
+    """diffusers' `AutoencoderKLWan._decode` without its final clamp (one latent frame per call)."""
+    from .encoders.vae import denormalize_latents
+
+    x = vae.post_quant_conv(denormalize_latents(vae, z))
+    vae.clear_cache()
+    frames = []
+    for i in range(x.shape[2]):
+        vae._conv_idx = [0]
+        frames.append(
+            vae.decoder(x[:, :, i : i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx, first_chunk=i == 0)
+        )
+    vae.clear_cache()
+    return torch.cat(frames, dim=2)
+
+
+@torch.no_grad()
+def vae_case_outputs(vae, case: dict) -> dict[str, torch.Tensor]:
+    """Encoder posterior and normalised mean of `video`; decode (clamped and not) of `z`."""
+    from .encoders.vae import decode_latents, encode_video
+
+    posterior = vae.encode(case["video"]).latent_dist
+    return {
+        "mu": encode_video(vae, case["video"]),
+        "mu_raw": posterior.mean,
+        # diffusers clamps log_var to [-30, 20]; the golden values lie well inside (checked by the tests).
+        "log_var": posterior.logvar,
+        "decoded": decode_latents(vae, case["z"]),
+        "decoded_unclamped": decode_latents_unclamped(vae, case["z"]),
+    }
+
+
+def vae_case_diffs(vae, path: str | os.PathLike) -> dict[str, float]:
+    case, _ = load_case(path)
+    return _diffs(vae_case_outputs(vae, case), case)
+
+
+# ---------------------------------------------------------------- umT5 encoder (README: t5_tiny)
+
+
+def load_release_t5(parity_dir: Path, name: str = "t5_tiny"):
+    from .encoders.text import load_umt5_encoder
+
+    return load_umt5_encoder(Path(parity_dir) / f"{name}.weights.safetensors", dtype=torch.float32,
+                             config=_config(parity_dir, name))
+
+
+@torch.no_grad()
+def t5_case_outputs(model, case: dict) -> dict[str, torch.Tensor]:
+    """Every position of the padded batch (padded ones are computed, not zeroed, in the release),
+    and the per-sequence features trimmed to the mask length, as the pipeline returns them."""
+    from .encoders.text import encode_token_ids
+
+    outputs = {"out_full": model(input_ids=case["ids"], attention_mask=case["mask"]).last_hidden_state}
+    for b, features in enumerate(encode_token_ids(model, case["ids"], case["mask"])):
+        outputs[f"out_trimmed.{b}"] = features
+    return outputs
+
+
+def t5_case_diffs(model, path: str | os.PathLike) -> dict[str, float]:
+    case, _ = load_case(path)
+    return _diffs(t5_case_outputs(model, case), case)
+
+
+# ---------------------------------------------------------------- CLIP vision tower (README: clip_vision_tiny)
+
+
+def load_release_clip_vision(parity_dir: Path, name: str = "clip_vision_tiny"):
+    """float32 model; its preprocessing mean / std are the release's `CLIP_MEAN` / `CLIP_STD`."""
+    from .encoders.image import load_clip_vision
+
+    return load_clip_vision(Path(parity_dir) / f"{name}.weights.safetensors", dtype=torch.float32,
+                            config=_config(parity_dir, name))
+
+
+@torch.no_grad()
+def clip_vision_case_outputs(model, case: dict) -> dict[str, torch.Tensor]:
+    """Preprocessing of `image`; the tower on the golden `pixel_values` (so each stage is checked on
+    its own); and the pipeline's `encode_clip_image` from the raw image. `out.*` all compare to `out`."""
+    from .encoders.image import (
+        clip_penultimate_features,
+        encode_clip_image,
+        preprocess_clip_image,
+    )
+
+    image, pixel_values = case["image"][None], case["pixel_values"]
+    hidden = model(pixel_values, output_hidden_states=True)
+    return {
+        "pixel_values": preprocess_clip_image(image, size=model.config.image_size),
+        "tokens_in": model.pre_layrnorm(model.embeddings(pixel_values)),
+        # hidden_states[0] is the pre-norm output, so [-2] is "all blocks but the last" (use_31_block) ...
+        "out.hidden_states": hidden.hidden_states[-2],
+        "out_all_blocks": hidden.last_hidden_state,
+        # ... which is what the pipeline helpers return, from pixel values or from the raw image.
+        "out.from_pixel_values": clip_penultimate_features(model, pixel_values),
+        "out": encode_clip_image(model, image),
+    }
+
+
+_CLIP_GOLDEN = {name: (lambda case: case["out"]) for name in ("out.hidden_states", "out.from_pixel_values")}
+
+
+def clip_vision_case_diffs(model, path: str | os.PathLike) -> dict[str, float]:
+    case, _ = load_case(path)
+    return _diffs(clip_vision_case_outputs(model, case), case, _CLIP_GOLDEN)
+
+
+# ---------------------------------------------------------------- wav2vec2 features (README: wav2vec_tiny)
+
+
+def load_release_wav2vec(parity_dir: Path, name: str = "wav2vec_tiny"):
+    """`AudioFeatureEncoder` over the tiny model, read through `load_wav2vec2` (a transformers folder)."""
+    from transformers.utils import logging as hf_logging
+
+    from .encoders.wav2vec import AudioFeatureEncoder, load_wav2vec2
+
+    parity_dir = Path(parity_dir)
+    layout = {f"{name}.config.json": "config.json", f"{name}.weights.safetensors": "model.safetensors"}
+    with tempfile.TemporaryDirectory(prefix=f"{name}-") as folder:
+        for source, target in layout.items():
+            try:
+                os.symlink((parity_dir / source).resolve(), Path(folder) / target)
+            except OSError:  # no symlinks (e.g. Windows without developer mode)
+                shutil.copy(parity_dir / source, Path(folder) / target)
+        bar = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # a "Loading weights" bar per load would clutter `anytalker parity`
+        try:
+            model = load_wav2vec2(folder)
+        finally:
+            if bar:
+                hf_logging.enable_progress_bar()
+        # Materialise every tensor before the folder goes (safetensors may memory-map the file).
+        for tensor in [*model.parameters(), *model.buffers()]:
+            tensor.data = tensor.data.clone()
+    return AudioFeatureEncoder(model)
+
+
+def wav2vec_case_outputs(encoder, case: dict) -> dict[str, torch.Tensor]:
+    """Every intermediate of `AudioFeatureEncoder.trace`, named as in the case file; `F` and
+    `audio_length` as one-element tensors. `expected` is what the DiT receives."""
+    from .encoders.wav2vec import window_features
+
+    trace = encoder.trace(case["waveform"], fps=int(case["fps"]))
+    return {
+        "F": torch.tensor([trace.num_frames]),
+        "audio_length": torch.tensor([trace.audio_length]),
+        "input_values": trace.input_values,
+        "input_values_padded": trace.input_values_padded,
+        "cnn_features": trace.cnn_features,
+        "cnn_features_interp": trace.cnn_features_interp,
+        "hidden_states_all": trace.hidden_states,
+        "windowed_all": window_features(trace.hidden_states, encoder.window_radius),
+        "expected": trace.features,
+    }
+
+
+# The golden hidden_states_all also holds layer 0 (the projected CNN features before the encoder).
+_WAV2VEC_GOLDEN = {"hidden_states_all": lambda case: case["hidden_states_all"][:, 1:]}
+
+
+def wav2vec_case_diffs(encoder, path: str | os.PathLike) -> dict[str, float]:
+    case, _ = load_case(path)
+    return _diffs(wav2vec_case_outputs(encoder, case), case, _WAV2VEC_GOLDEN)
+
+
+# ---------------------------------------------------------------- all families
+
+# family (case-file prefix) -> (loader(parity_dir, family), case_diffs(model, path))
+FAMILIES: dict[str, tuple[Callable, Callable]] = {
+    "dit_af_tiny": (load_release_transformer, transformer_case_diffs),
+    "dit_legacy_tiny": (load_release_transformer, transformer_case_diffs),
+    "vae_tiny": (load_release_vae, vae_case_diffs),
+    "t5_tiny": (load_release_t5, t5_case_diffs),
+    "clip_vision_tiny": (load_release_clip_vision, clip_vision_case_diffs),
+    "wav2vec_tiny": (load_release_wav2vec, wav2vec_case_diffs),
+}
+
+
 def run_all(parity_dir: Path) -> Iterator[tuple[str, str, float]]:
-    """(case file, output, max abs diff) for every golden case this implementation covers."""
-    for name in ("dit_af_tiny", "dit_legacy_tiny"):
-        cases = sorted(parity_dir.glob(f"{name}.case_*.safetensors"))
+    """(case file, output, max abs diff) for every golden case this implementation covers.
+
+    Each family with `<family>.case_*.safetensors` files is loaded once; families without case
+    files are skipped.
+    """
+    parity_dir = Path(parity_dir)
+    for family, (load, case_diffs) in FAMILIES.items():
+        cases = sorted(parity_dir.glob(f"{family}.case_*.safetensors"))
         if not cases:
             continue
-        model = load_release_transformer(parity_dir, name)
+        model = load(parity_dir, family)
         for path in cases:
-            for output, diff in transformer_case_diffs(model, path).items():
+            for output, diff in case_diffs(model, path).items():
                 yield path.name, output, diff
+        del model
