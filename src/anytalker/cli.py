@@ -69,6 +69,98 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_pipeline(model: str, variant: str, dtype_name: str | None, seed: int = 0):
+    """`random-tiny`, a diffusers-format folder (`anytalker convert` output) or a release folder."""
+    import torch
+
+    from .pipeline import AnyTalkerPipeline
+    from .pipeline.tiny import random_tiny_components
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = getattr(torch, DTYPES[dtype_name]) if dtype_name else (torch.bfloat16 if device == "cuda" else torch.float32)
+    if model == "random-tiny":
+        pipe = AnyTalkerPipeline(**random_tiny_components(seed))
+    elif (Path(model) / "model_index.json").is_file():
+        pipe = AnyTalkerPipeline.from_pretrained(model, torch_dtype=dtype)
+    else:
+        pipe = AnyTalkerPipeline.from_release(model, variant, torch_dtype=dtype)
+    return pipe, device
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Reference image + one audio track per person + prompt -> mp4 (or a batch of them)."""
+    from .pipeline.tasks import GenerationTask, prepare_task, read_batch_file
+
+    if args.batch:
+        if not args.out_dir:
+            print("error: --batch needs --out-dir", file=sys.stderr)
+            return 2
+        tasks = read_batch_file(args.batch, use_enhanced_caption=args.enhanced_caption)
+        outputs = [Path(args.out_dir) / f"{task.name}.mp4" for task in tasks]
+    else:
+        missing = [flag for flag, value in (("--image", args.image), ("--audio", args.audio), ("--out", args.out))
+                   if not value]
+        if missing:
+            print(f"error: {', '.join(missing)} required (or --batch FILE --out-dir DIR)", file=sys.stderr)
+            return 2
+        offsets = [float(v) for v in args.offsets.split(",")] if args.offsets else None
+        tasks = [GenerationTask(Path(args.out).stem, args.image, args.audio, args.prompt, args.bbox or None,
+                                args.audio_mode, offsets)]
+        outputs = [Path(args.out)]
+    todo = [(t, o) for t, o in zip(tasks, outputs) if args.overwrite or not o.exists()]
+    for task, out in zip(tasks, outputs):
+        if (task, out) not in todo and not args.quiet:
+            print(f"skip {task.name}: {out} exists (--overwrite to redo)")
+
+    # Every input is checked before any model is loaded.
+    prepared, errors = [], []
+    for task, out in todo:
+        try:
+            prepared.append((prepare_task(task, order=args.order, loudness_lufs=args.loudness), out))
+        except (ValueError, FileNotFoundError, RuntimeError) as error:
+            errors.append(f"{task.name}: {error}")
+    if errors:
+        print("error: " + "\n       ".join(errors), file=sys.stderr)
+        return 2
+    if not prepared:
+        return 0
+    return _generate(prepared, args)
+
+
+def _generate(prepared, args) -> int:
+    import torch
+
+    from .pipeline.tasks import write_result
+    from .utils.checkpoints import CheckpointError
+
+    try:
+        pipe, device = load_pipeline(args.model, args.variant, args.dtype, args.seed)
+    except (CheckpointError, ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.cpu_offload:
+        pipe.enable_model_cpu_offload()
+    else:
+        pipe.to(device)
+    pipe.set_progress_bar_config(disable=args.quiet)
+    height, width = (int(v) for v in args.size.split("x")) if args.size else (None, None)
+    for item, out in prepared:
+        generator = torch.Generator("cpu").manual_seed(args.seed)
+        result = pipe(
+            item.image, list(item.features_audio.tracks), item.boxes, prompt=item.task.prompt,
+            negative_prompt=args.negative_prompt, height=height, width=width, fps=args.fps,
+            num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
+            audio_guidance_scale=args.audio_guidance_scale, max_frames_per_window=args.max_frames_per_window,
+            motion_frames=args.motion_frames, generator=generator,
+        )
+        info = {**result.info, "seed": args.seed, "model": args.model, "variant": args.variant,
+                "dtype": str(pipe.transformer.dtype), "device": device}
+        write_result(out, result.frames, args.fps, item, info)
+        if not args.quiet:
+            print(f"wrote {out} ({result.info['frames']} frames, {result.info['seconds']:.1f} s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anytalker", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -90,6 +182,42 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     convert.add_argument("--quiet", action="store_true", help="print nothing on success")
     convert.set_defaults(func=cmd_convert)
+
+    gen = sub.add_parser("generate", help=cmd_generate.__doc__)
+    gen.add_argument("--image", help="reference image with one face per audio track")
+    gen.add_argument("--audio", action="append", default=[],
+                     help="one audio track per person (wav/flac/mp3/m4a/mp4), repeated; tracks bind to faces in --order")
+    gen.add_argument("--prompt", default="", help="text prompt")
+    gen.add_argument("--negative-prompt", default=None, help="default: Wan2.1's negative prompt")
+    gen.add_argument("--out", help="output mp4 (a JSON sidecar is written next to it)")
+    gen.add_argument("--batch", help="release batch JSON or MultiTalk-style JSON")
+    gen.add_argument("--out-dir", help="output folder for --batch (one <task>.mp4 per task)")
+    gen.add_argument("--overwrite", action="store_true", help="redo outputs that exist (default: skip them)")
+    gen.add_argument("--enhanced-caption", action="store_true", help="use enhance_caption of release batch files")
+    gen.add_argument("--bbox", action="append", default=[],
+                     help="face box x0,y0,x1,y1 in pixels, one per person in track order (overrides detection)")
+    gen.add_argument("--order", choices=["left-to-right", "top-to-bottom"], default="left-to-right",
+                     help="how detected faces are ordered to meet the tracks")
+    gen.add_argument("--audio-mode", choices=["pad", "concat", "add"], default="pad",
+                     help="pad: tracks share one timeline (shorter ones zero-padded); concat/add: turns one after another")
+    gen.add_argument("--offsets", help="concat mode: each turn's start in seconds, comma-separated")
+    gen.add_argument("--loudness", type=float, default=None, help="normalise each track to this LUFS (e.g. -23)")
+    gen.add_argument("--model", default="checkpoints",
+                     help="release folder, converted diffusers folder, or random-tiny (default: ./checkpoints)")
+    gen.add_argument("--variant", choices=["1.3B", "14B"], default="1.3B", help="DiT of a release folder")
+    gen.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bf16 on GPU, fp32 on CPU")
+    gen.add_argument("--cpu-offload", action="store_true", help="keep idle components in CPU memory")
+    gen.add_argument("--size", help="HxW in pixels, multiples of 16 (default: the image's aspect at 480x832 area)")
+    gen.add_argument("--fps", type=int, default=24)
+    gen.add_argument("--steps", type=int, default=40, help="denoising steps")
+    gen.add_argument("--guidance-scale", type=float, default=4.5)
+    gen.add_argument("--audio-guidance-scale", type=float, default=None,
+                     help="separate audio scale (3 passes per step); default: one scale, as released")
+    gen.add_argument("--max-frames-per-window", type=int, default=81)
+    gen.add_argument("--motion-frames", type=int, default=5)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--quiet", action="store_true", help="no progress bars or messages")
+    gen.set_defaults(func=cmd_generate)
     return parser
 
 

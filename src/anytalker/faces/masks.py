@@ -95,7 +95,7 @@ def token_mask(mask: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:
 
 
 def mask_channels(expanded_masks: Sequence[torch.Tensor], num_frames: int,
-                  latent_h: int, latent_w: int) -> torch.Tensor:
+                  latent_h: int, latent_w: int, known_frames: int = 1) -> torch.Tensor:
     """The 4 mask channels of the image-to-video condition `y`: [4, T, latent_h, latent_w].
 
     Unlike plain Wan I2V (frame 0 ones, the rest zeros), AnyTalker marks the face regions in the
@@ -103,13 +103,18 @@ def mask_channels(expanded_masks: Sequence[torch.Tensor], num_frames: int,
     resized to the latent size (overlapping faces add up past 1, as in the release). Frame 0 is
     repeated 4 times and the F + 3 frames are folded as [T, 4, h, w] -> [4, T, h, w], so channel c of
     latent frame j holds video frame 4j + c - 3 (frame 0 for j = 0).
+    `known_frames` > 1 marks more leading frames as given (all ones): the motion frames carried
+    into a long video's later windows.
     """
     if (num_frames - 1) % 4:
         raise ValueError(f"num_frames must be 4k + 1 (the VAE's temporal stride), got {num_frames}")
     if not expanded_masks:
         raise ValueError("need at least one face mask")
+    if not 1 <= known_frames <= num_frames:
+        raise ValueError(f"known_frames must be in 1..{num_frames}, got {known_frames}")
     combined = _resize(torch.stack(list(expanded_masks)).sum(0), latent_h, latent_w)
-    frames = torch.cat([torch.ones(4, latent_h, latent_w), combined.expand(num_frames - 1, -1, -1)])
+    frames = torch.cat([torch.ones(3 + known_frames, latent_h, latent_w),
+                        combined.expand(num_frames - known_frames, -1, -1)])
     return frames.view(-1, 4, latent_h, latent_w).transpose(0, 1).contiguous()
 
 
