@@ -87,15 +87,46 @@ def load_pipeline(model: str, variant: str, dtype_name: str | None, seed: int = 
     return pipe, device
 
 
+def _settings_error(args: argparse.Namespace) -> str | None:
+    """What is wrong with the generation settings, if anything. Checked up front: the pipeline
+    would only reject them after the model is loaded (minutes for a release folder)."""
+    if args.size:
+        try:
+            height, width = (int(v) for v in args.size.split("x"))
+        except ValueError:
+            return f"--size {args.size!r}: expected HxW in pixels, e.g. 480x832"
+        if height <= 0 or width <= 0 or height % 16 or width % 16:
+            return f"--size {args.size}: height and width must be positive multiples of 16"
+    for flag, value in (("--max-frames-per-window", args.max_frames_per_window),
+                        ("--motion-frames", args.motion_frames)):
+        if value < 1 or (value - 1) % 4:
+            return f"{flag} must be 4n+1 (1, 5, 9, ...), got {value}"
+    if args.motion_frames >= args.max_frames_per_window:
+        return f"--motion-frames ({args.motion_frames}) must be smaller than --max-frames-per-window"
+    if args.steps < 1 or args.fps < 1:
+        return f"--steps and --fps must be >= 1, got {args.steps} and {args.fps}"
+    if args.guidance_scale < 1:
+        return f"--guidance-scale must be >= 1, got {args.guidance_scale}"
+    return None
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     """Reference image + one audio track per person + prompt -> mp4 (or a batch of them)."""
     from .pipeline.tasks import GenerationTask, prepare_task, read_batch_file
 
+    problem = _settings_error(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     if args.batch:
         if not args.out_dir:
             print("error: --batch needs --out-dir", file=sys.stderr)
             return 2
-        tasks = read_batch_file(args.batch, use_enhanced_caption=args.enhanced_caption)
+        try:
+            tasks = read_batch_file(args.batch, use_enhanced_caption=args.enhanced_caption)
+        except (ValueError, FileNotFoundError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
         outputs = [Path(args.out_dir) / f"{task.name}.mp4" for task in tasks]
     else:
         missing = [flag for flag, value in (("--image", args.image), ("--audio", args.audio), ("--out", args.out))
@@ -103,7 +134,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if missing:
             print(f"error: {', '.join(missing)} required (or --batch FILE --out-dir DIR)", file=sys.stderr)
             return 2
-        offsets = [float(v) for v in args.offsets.split(",")] if args.offsets else None
+        try:
+            offsets = [float(v) for v in args.offsets.split(",")] if args.offsets else None
+        except ValueError:
+            print(f"error: --offsets {args.offsets!r}: expected seconds separated by commas, e.g. 0,2.5",
+                  file=sys.stderr)
+            return 2
         tasks = [GenerationTask(Path(args.out).stem, args.image, args.audio, args.prompt, args.bbox or None,
                                 args.audio_mode, offsets)]
         outputs = [Path(args.out)]
@@ -158,6 +194,42 @@ def _generate(prepared, args) -> int:
         write_result(out, result.frames, args.fps, item, info)
         if not args.quiet:
             print(f"wrote {out} ({result.info['frames']} frames, {result.info['seconds']:.1f} s)")
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    """Talking clips (mp4 + optional per-clip JSON) -> training shards, with reasons for every rejected clip."""
+    import json
+
+    from .training.examples import ConditionEncoder
+    from .training.prepare import PrepareSettings, prepare_dataset
+
+    height, width = (int(v) for v in args.size.split("x"))
+    settings = PrepareSettings(frames=args.frames, height=height, width=width, detect_every=args.detect_every,
+                               max_samples_per_clip=args.max_samples_per_clip)
+    encode = None
+    if args.cache_model:
+        pipe, _ = load_pipeline(args.cache_model, args.variant, "fp32")
+        encode = ConditionEncoder(pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.image_encoder,
+                                  pipe.audio_encoder, text_len=pipe.transformer.config.text_len).cache_entries
+    try:
+        summary = prepare_dataset(args.src, args.out, settings, args.shard_size, encode, progress=not args.quiet)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if not args.quiet:
+        print(json.dumps(summary))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Trains AnyTalker from a YAML config (stage 1 or 2); resumable; run under accelerate launch for many GPUs."""
+    from .training.trainer import Trainer
+
+    trainer = Trainer(args.config, progress=not args.quiet)
+    result = trainer.train(resume=args.resume, stop_after=args.stop_after)
+    if not args.quiet and trainer.accelerator.is_main_process:
+        print(f"step {trainer.step}: {result}")
     return 0
 
 
@@ -218,6 +290,26 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--quiet", action="store_true", help="no progress bars or messages")
     gen.set_defaults(func=cmd_generate)
+
+    prep = sub.add_parser("prepare", help=cmd_prepare.__doc__)
+    prep.add_argument("src", help="folder of mp4 clips (and optional same-name .json sidecars)")
+    prep.add_argument("out", help="output folder of shard-*.tar files")
+    prep.add_argument("--frames", type=int, default=25, help="video frames per sample (4n+1) at 24 fps")
+    prep.add_argument("--size", default="64x128", help="HxW of the full view (W a multiple of 32)")
+    prep.add_argument("--shard-size", type=int, default=64, help="samples per shard")
+    prep.add_argument("--detect-every", type=int, default=6, help="run the face detector on every n-th frame")
+    prep.add_argument("--max-samples-per-clip", type=int, default=None)
+    prep.add_argument("--cache-model", help="cache encodings with this model's frozen encoders (folder or random-tiny)")
+    prep.add_argument("--variant", choices=["1.3B", "14B"], default="1.3B")
+    prep.add_argument("--quiet", action="store_true")
+    prep.set_defaults(func=cmd_prepare)
+
+    train = sub.add_parser("train", help=cmd_train.__doc__)
+    train.add_argument("config", help="training YAML (see configs/)")
+    train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the output dir")
+    train.add_argument("--stop-after", type=int, default=None, help="stop at this step (the schedule is unchanged)")
+    train.add_argument("--quiet", action="store_true")
+    train.set_defaults(func=cmd_train)
     return parser
 
 

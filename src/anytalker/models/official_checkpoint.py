@@ -150,7 +150,7 @@ def to_official_state_dict(model) -> dict:
     return {diffusers_key_to_official(name, variant): tensor for name, tensor in model.state_dict().items()}
 
 
-class _Renamed(Mapping):
+class RenamedStateDict(Mapping):
     """A state dict seen under AnyTalkerTransformer's names (release or diffusers-Wan names accepted)."""
 
     def __init__(self, state_dict: Mapping):
@@ -184,10 +184,10 @@ def load_official_transformer(cls, checkpoint, config, torch_dtype: torch.dtype 
     """
     model_config = config_from_official(config)
     state_dict, source = _open(checkpoint, "AnyTalker DiT checkpoint")
-    state_dict = _Renamed(state_dict)
+    state_dict = RenamedStateDict(state_dict)
     if base_checkpoint is not None:
         base, base_source = _open(base_checkpoint, "base Wan DiT checkpoint")
-        state_dict, source = Overlay(state_dict, _Renamed(base)), f"{source} over {base_source}"
+        state_dict, source = Overlay(state_dict, RenamedStateDict(base)), f"{source} over {base_source}"
     with init_empty_weights():
         model = cls.from_config(model_config)
     keep_fp32 = tuple(cls._keep_in_fp32_modules) if torch_dtype in (torch.float16, torch.bfloat16) else ()

@@ -59,6 +59,15 @@ def combine_guidance(predictions: torch.Tensor, guidance_scale: float, audio_gui
     return uncond + guidance_scale * (text - uncond) + audio_guidance_scale * (cond - text)
 
 
+def reference_latents(vae: AutoencoderKLWan, known_frames: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """The I2V condition latent: VAE encoding of the known frames [B, 3, k, H, W] in [-1, 1]
+    followed by zeros up to `num_frames` (the release's reference frame + zeros)."""
+    batch, channels, known, height, width = known_frames.shape
+    video = known_frames.new_zeros(batch, channels, num_frames, height, width)
+    video[:, :, :known] = known_frames
+    return encode_video(vae, video)
+
+
 def match_colour(frames: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """Per-channel mean/std of `frames` [3, F, H, W] moved to those of `reference` [3, H, W]:
     later windows of a long video are re-anchored on the reference image so colour cannot drift."""
@@ -214,13 +223,10 @@ class AnyTalkerPipeline(DiffusionPipeline):
         video = []  # generated frames [3, F, H, W] in [-1, 1], window by window
         carried = None
         for index, window in enumerate(windows):
-            condition = torch.zeros(1, 3, window.length, height, width)
-            condition[:, :, 0] = reference[0]
-            if carried is not None:
-                condition[:, :, :window.carried] = carried
-            known = max(1, window.carried)
-            y_mask = mask_channels(expanded, window.length, latent_h, latent_w, known_frames=known)[None]
-            y = torch.cat([y_mask.to(device), encode_video(self.vae, condition.to(device))], dim=1).to(dtype)
+            known = reference[:, :, None] if carried is None else carried[None]  # [1, 3, k, H, W]
+            y_mask = mask_channels(expanded, window.length, latent_h, latent_w, known_frames=known.shape[2])[None]
+            y = torch.cat([y_mask.to(device), reference_latents(self.vae, known.to(device), window.length)], dim=1)
+            y = y.to(dtype)
             latents = randn_tensor(y[:, 4:].shape, generator=generator, device=device, dtype=torch.float32)
             window_audio = audio_batch[:, :, window.start:window.start + window.length]
 

@@ -112,7 +112,10 @@ def prepare_task(task: GenerationTask, order: str = "left-to-right", loudness_lu
     """Loads and checks every input of a task; raises a specific error before any model work."""
     if not Path(task.image).is_file():
         raise FileNotFoundError(f"image not found: {task.image}")
-    image = load_image(task.image)
+    try:
+        image = load_image(task.image)
+    except OSError as error:  # PIL's UnidentifiedImageError (not an image) and truncated files
+        raise ValueError(f"not a readable image: {task.image} ({error})") from None
     height, width = image.shape[:2]
     if min(height, width) < MIN_IMAGE_SIDE:
         raise ValueError(f"image {task.image} is {width}x{height}; at least {MIN_IMAGE_SIDE} px per side is needed")

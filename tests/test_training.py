@@ -1,0 +1,223 @@
+"""Data preparation and two-stage training on tiny synthetic clips (CPU)."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from safetensors.torch import load_file
+
+from anytalker.training.examples import choose_batch, pair_example, single_example
+from anytalker.training.prepare import PrepareSettings, prepare_dataset
+from anytalker.training.shards import ShardIndex
+from anytalker.training.trainer import Trainer
+from anytalker.video.io import write_video
+
+FPS, RATE = 24, 16000
+
+
+def make_clip(folder: Path, name: str, persons: int = 1, seconds: float = 1.2, seed: int = 0, side: int = 48,
+              silent: bool = False, boxes: bool = True):
+    """A flat scene with one square 'face' per person whose dark mouth opens with its own track."""
+    rng = np.random.default_rng(seed)
+    frames_n, t = int(seconds * FPS), np.arange(int(seconds * RATE)) / RATE
+    tracks = []
+    for p in range(persons):
+        envelope = (np.sin(2 * np.pi * (1.5 + p) * t + rng.uniform(0, 6)) > 0.2).astype(np.float32)
+        tracks.append(np.zeros_like(t, np.float32) if silent else (0.3 * envelope * np.sin(2 * np.pi * (180 + 60 * p) * t)).astype(np.float32))
+    frames = np.empty((frames_n, side, side * persons, 3), np.uint8)
+    frames[:] = rng.integers(40, 200, 3)
+    face_boxes = []
+    for p in range(persons):
+        cx, cy, r = side * p + side // 2, side // 2, side // 4
+        face_boxes.append([cx - r, cy - r, cx + r, cy + r])
+        for i in range(frames_n):
+            frames[i, cy - r:cy + r, cx - r:cx + r] = (200, 160, 120)
+            level = np.abs(tracks[p][int(i / FPS * RATE):int((i + 1) / FPS * RATE)]).mean()
+            frames[i, cy + 2:cy + 3 + int(6 * level / 0.3), cx - 4:cx + 4] = (60, 0, 0)
+    folder.mkdir(parents=True, exist_ok=True)
+    sidecar = {"caption": "a person talking"}
+    if boxes:
+        sidecar["boxes"] = face_boxes
+    if persons == 1:
+        write_video(folder / f"{name}.mp4", frames, FPS, audio=tracks[0], sample_rate=RATE)
+    else:
+        write_video(folder / f"{name}.mp4", frames, FPS, audio=sum(tracks), sample_rate=RATE)
+        sidecar["audio"] = []
+        for p, track in enumerate(tracks):
+            sf.write(folder / f"{name}.{p}.wav", track, RATE)
+            sidecar["audio"].append(f"{name}.{p}.wav")
+    (folder / f"{name}.json").write_text(json.dumps(sidecar))
+
+
+SETTINGS = PrepareSettings(frames=9, height=32, width=64)
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory):
+    """Stage-1 (single-person, encodings cached) and stage-2 (two-person) shards."""
+    from anytalker.pipeline.tiny import random_tiny_components
+    from anytalker.training.examples import ConditionEncoder
+
+    root = tmp_path_factory.mktemp("data")
+    for i in range(4):
+        make_clip(root / "single", f"s{i}", seed=i)
+    for i in range(2):
+        make_clip(root / "multi", f"m{i}", persons=2, seed=10 + i)
+    parts = random_tiny_components()
+    encoder = ConditionEncoder(parts["vae"], parts["text_encoder"], parts["tokenizer"], parts["image_encoder"],
+                               parts["audio_encoder"], text_len=parts["transformer"].config.text_len)
+    prepare_dataset(root / "single", root / "stage1", SETTINGS, shard_size=3, encode=encoder.cache_entries,
+                    progress=False)
+    prepare_dataset(root / "multi", root / "stage2", SETTINGS, progress=False)
+    return root
+
+
+def test_prepare_writes_samples_with_views_audio_and_cache(datasets):
+    index = ShardIndex.from_dir(datasets / "stage1")
+    assert len(index.shards) == 4 and len(index) == 4 * 3  # 1.2 s = 28 frames -> 3 samples of 9 per clip
+    sample = index.read(0)
+    assert sample.frames.shape == (9, 32, 64, 3) and sample.half_frames.shape == (9, 32, 32, 3)
+    assert len(sample.audio) == 1 and sample.audio[0].shape == (9 * RATE // FPS,)
+    assert sample.cache["latents"].shape == (16, 3, 4, 8) and sample.cache["half.latents"].shape == (16, 3, 4, 4)
+    assert sample.cache["audio.0"].shape[0] == 9
+    box = sample.meta["persons"][0]["box"]
+    assert box[2] - box[0] > 0 and box[3] <= 32 and isinstance(sample.meta["persons"][0]["speaking"], list)
+    two = ShardIndex.from_dir(datasets / "stage2").read(0)
+    assert len(two.audio) == 2 and two.half_frames is None and len(two.meta["persons"]) == 2
+    assert two.meta["persons"][0]["box"][0] < two.meta["persons"][1]["box"][0]  # left to right
+
+
+def test_prepare_filters_with_reasons_skips_corrupt_and_resumes(tmp_path):
+    src = tmp_path / "clips"
+    make_clip(src, "good", seed=1)
+    make_clip(src, "short", seconds=0.2)
+    make_clip(src, "silent", silent=True)
+    make_clip(src, "nofaces", boxes=False)  # flat colour squares: no detector finds a face
+    make_clip(src, "wrongcount", persons=2)
+    sidecar = json.loads((src / "wrongcount.json").read_text())
+    (src / "wrongcount.json").write_text(json.dumps({**sidecar, "boxes": sidecar["boxes"][:1]}))
+    (src / "corrupt.mp4").write_bytes(b"not a video at all")
+    summary = prepare_dataset(src, tmp_path / "out", SETTINGS, progress=False)
+    log = {e["clip"]: e for e in map(json.loads, (tmp_path / "out" / "clips.jsonl").read_text().splitlines())}
+    assert log["good.mp4"]["status"] == "ok"
+    assert log["short.mp4"]["reason"].startswith("too short")
+    assert log["silent.mp4"]["reason"] == "silent audio"
+    assert log["nofaces.mp4"]["reason"].startswith("face count wrong")
+    assert log["wrongcount.mp4"]["reason"].startswith("face count wrong")
+    assert log["corrupt.mp4"]["status"] == "corrupt"
+    assert summary["ok"] == 1 and summary["clips"] == 6 and summary["rejected"]["face count wrong"] == 2
+
+    make_clip(src, "later", seed=5)
+    again = prepare_dataset(src, tmp_path / "out", SETTINGS, progress=False)
+    assert again["clips"] == 7 and again["shards"] == 2  # only the new clip was processed
+    assert len(ShardIndex.from_dir(tmp_path / "out")) == 2 * 3
+
+
+def test_side_by_side_pair_layout(datasets):
+    index = ShardIndex.from_dir(datasets / "stage1")
+    left, right = index.read(0), index.read(4)
+    pair = pair_example(left, right)
+    assert pair.frames.shape == (9, 32, 64, 3)
+    assert np.array_equal(pair.frames[:, :, :32], left.half_frames)
+    assert np.array_equal(pair.frames[:, :, 32:], right.half_frames)
+    assert [len(a) for a in pair.audio] == [9 * RATE // FPS] * 2 and pair.audio[1] is right.audio[0]
+    assert pair.boxes[0][2] <= 32 <= pair.boxes[1][0]  # each face in its own half
+    assert torch.equal(pair.cache["latents"][..., :4], left.cache["half.latents"])
+    assert torch.equal(pair.cache["audio.1"], right.cache["audio.0"])
+
+    from anytalker.pipeline.tiny import random_tiny_components
+    from anytalker.training.examples import ConditionEncoder
+
+    parts = random_tiny_components()
+    encoder = ConditionEncoder(parts["vae"], parts["text_encoder"], parts["tokenizer"], parts["image_encoder"],
+                               parts["audio_encoder"], text_len=32)
+    encoded = encoder.encode(pair)
+    masks = encoded["token_masks"]  # [2, 2, 4]: identity 0 on the left half, identity 1 on the right
+    assert masks.shape == (2, 2, 4) and masks[0, :, 2:].sum() == 0 and masks[1, :, :2].sum() == 0
+    assert encoded["audio"].shape[:2] == (2, 9) and encoded["y"].shape == (20, 3, 4, 8)
+
+
+def test_batch_choice_is_a_function_of_seed_and_step():
+    kinds = [choose_batch(10, list(range(8)), step, 2, 1, 0.5, seed=3)[0] for step in range(200)]
+    assert 0.35 < kinds.count("pairs") / 200 < 0.65
+    assert choose_batch(10, list(range(8)), 7, 2, 1, 0.5, 3) == choose_batch(10, list(range(8)), 7, 2, 1, 0.5, 3)
+    assert all(kind == "singles" for kind, _ in (choose_batch(10, [], s, 2, 2, 0.5, 3) for s in range(20)))
+
+
+def _config(shards, out, steps, **train):
+    return {"model": {"source": "random-tiny"}, "data": {"shards": str(shards), "stage": 1},
+            "train": {"batch_size": 2, "max_steps": steps, "learning_rate": 2e-3, **train},
+            "output": {"dir": str(out), "checkpoint_every": 2}}
+
+
+def _weights(folder):
+    return load_file(str(folder / "transformer" / "diffusion_pytorch_model.safetensors"))
+
+
+def test_loss_decreases_and_stage2_starts_from_stage1(datasets, tmp_path):
+    stage1 = Trainer(_config(datasets / "stage1", tmp_path / "s1", 24), progress=False)
+    stage1.train()
+    losses = [float(row["loss"]) for row in csv.DictReader(open(tmp_path / "s1" / "log.csv"))]
+    assert len(losses) == 24 and np.mean(losses[-6:]) < 0.8 * np.mean(losses[:6])
+    kinds = {row["kind"] for row in csv.DictReader(open(tmp_path / "s1" / "log.csv"))}
+    assert kinds == {"pairs", "singles"}
+
+    config = _config(datasets / "stage2", tmp_path / "s2", 2)
+    config["data"]["stage"] = 2
+    config["model"]["transformer"] = str(tmp_path / "s1" / "transformer")
+    stage2 = Trainer(config, progress=False)
+    start = stage2.accelerator.unwrap_model(stage2.transformer).state_dict()
+    for name, value in _weights(tmp_path / "s1").items():
+        assert torch.equal(start[name], value), name
+    stage2.train()
+    assert {row["kind"] for row in csv.DictReader(open(tmp_path / "s2" / "log.csv"))} == {"singles"}
+    assert any(not torch.equal(v, _weights(tmp_path / "s1")[k]) for k, v in _weights(tmp_path / "s2").items())
+
+
+def test_killed_and_resumed_run_equals_uninterrupted_run(datasets, tmp_path):
+    Trainer(_config(datasets / "stage1", tmp_path / "full", 6, ema_decay=0.9), progress=False).train()
+    interrupted = _config(datasets / "stage1", tmp_path / "resumed", 6, ema_decay=0.9)
+    Trainer(interrupted, progress=False).train(stop_after=3)  # "killed" after step 3 (checkpoint at 2)
+    assert not (tmp_path / "resumed" / "transformer").exists()
+    trainer = Trainer(interrupted, progress=False)
+    trainer.train(resume=True)
+    full, resumed = _weights(tmp_path / "full"), _weights(tmp_path / "resumed")
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+    ema_full = load_file(str(tmp_path / "full" / "transformer_ema" / "diffusion_pytorch_model.safetensors"))
+    ema_resumed = load_file(str(tmp_path / "resumed" / "transformer_ema" / "diffusion_pytorch_model.safetensors"))
+    assert all(torch.equal(ema_full[k], ema_resumed[k]) for k in ema_full)
+
+
+def test_two_processes_equal_one_process_with_the_same_global_batch(datasets, tmp_path):
+    import yaml
+
+    for name in ("one", "two"):
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(_config(datasets / "stage1", tmp_path / name, 3)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "anytalker.cli", "train", str(tmp_path / "one.yaml"), "--quiet"],
+                   check=True, env=env, timeout=300)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "anytalker.cli",
+                    "train", str(tmp_path / "two.yaml"), "--quiet"], check=True, env=env, timeout=300)
+    one, two = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    assert max((one[k] - two[k]).abs().max().item() for k in one) < 1e-4
+    losses = [[float(r["loss"]) for r in csv.DictReader(open(tmp_path / n / "log.csv"))] for n in ("one", "two")]
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+
+
+def test_shipped_configs_are_valid():
+    from anytalker.training.config import load_config
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("train_*.yaml"))
+    assert configs
+    for path in configs:
+        config = load_config(path)
+        assert config.train.max_steps > 0 and config.data.stage in (1, 2)
+    with pytest.raises(ValueError, match="unknown keys in config.train"):
+        load_config({"train": {"learnign_rate": 1.0}})
