@@ -152,7 +152,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     prepared, errors = [], []
     for task, out in todo:
         try:
-            prepared.append((prepare_task(task, order=args.order, loudness_lufs=args.loudness), out))
+            detectors = tuple(args.detector.split(",")) if args.detector else None
+            prepared.append((prepare_task(task, order=args.order, loudness_lufs=args.loudness,
+                                          detectors=detectors), out))
         except (ValueError, FileNotFoundError, RuntimeError) as error:
             errors.append(f"{task.name}: {error}")
     if errors:
@@ -270,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="face box x0,y0,x1,y1 in pixels, one per person in track order (overrides detection)")
     gen.add_argument("--order", choices=["left-to-right", "top-to-bottom"], default="left-to-right",
                      help="how detected faces are ordered to meet the tracks")
+    gen.add_argument("--detector", help="face detector chain, tried in order (default dlib,opencv,dlib-cnn; also "
+                                        "mediapipe, insightface:MODEL_DIR for the release's detector)")
     gen.add_argument("--audio-mode", choices=["pad", "concat", "add"], default="pad",
                      help="pad: tracks share one timeline (shorter ones zero-padded); concat/add: turns one after another")
     gen.add_argument("--offsets", help="concat mode: each turn's start in seconds, comma-separated")
