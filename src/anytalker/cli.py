@@ -314,6 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--stop-after", type=int, default=None, help="stop at this step (the schedule is unchanged)")
     train.add_argument("--quiet", action="store_true")
     train.set_defaults(func=cmd_train)
+
+    from .evaluation.cli import add_eval_parsers
+
+    add_eval_parsers(sub)
     return parser
 
 
