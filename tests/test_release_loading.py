@@ -108,3 +108,31 @@ def test_missing_release_files_are_all_named(tmp_path, capsys):
     assert main(["convert", str(tmp_path), str(tmp_path / "out")]) == 2
     assert "1_3B-single-v1.pth" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_wan_folder_in_diffusers_layout_loads(release_root, tmp_path):
+    """The Wan components may come from a diffusers-format folder (model_index.json + subfolders)."""
+    wan = tmp_path / "wan-diffusers"
+    configs = json.loads((release_root / "configs.json").read_text())
+    AnyTalkerPipeline.from_release(release_root, torch_dtype=torch.float32, configs=configs).save_pretrained(wan)
+    root = tmp_path / "checkpoints"
+    root.mkdir()
+    for name in ("AnyTalker", "wav2vec2-base-960h"):
+        shutil.copytree(release_root / name, root / name)
+    pipe = AnyTalkerPipeline.from_release(root, torch_dtype=torch.float32, wan_dir=wan)
+    assert _transformer_out(pipe) <= 1e-4
+    assert pipe.vae.config.latents_mean == reference_vae_mean()
+
+
+def test_corrupt_checkpoint_names_the_file(tmp_path):
+    from anytalker.models import AnyTalkerTransformer
+    from anytalker.models.official_checkpoint import RELEASE_DIT_CONFIGS
+
+    corrupt = tmp_path / "1_3B-single-v1.pth"
+    corrupt.write_bytes(b"\x00garbage" * 100)
+    with pytest.raises(CheckpointError, match=f"{corrupt}.*could not be read"):
+        AnyTalkerTransformer.from_official(corrupt, RELEASE_DIT_CONFIGS["1.3B"])
+
+
+def reference_vae_mean():
+    return json.loads((require_parity_dir() / "vae_latent_stats.json").read_text())["mean"]
