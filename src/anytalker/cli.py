@@ -149,12 +149,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
             print(f"skip {task.name}: {out} exists (--overwrite to redo)")
 
     # Every input is checked before any model is loaded.
+    separator = None
+    if args.separator:
+        from .audio.separation import VocalSeparator
+
+        try:
+            separator = VocalSeparator(args.separator)
+        except (FileNotFoundError, ValueError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     prepared, errors = [], []
     for task, out in todo:
         try:
             detectors = tuple(args.detector.split(",")) if args.detector else None
             prepared.append((prepare_task(task, order=args.order, loudness_lufs=args.loudness,
-                                          detectors=detectors), out))
+                                          detectors=detectors, separator=separator), out))
         except (ValueError, FileNotFoundError, RuntimeError) as error:
             errors.append(f"{task.name}: {error}")
     if errors:
@@ -277,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--audio-mode", choices=["pad", "concat", "add"], default="pad",
                      help="pad: tracks share one timeline (shorter ones zero-padded); concat/add: turns one after another")
     gen.add_argument("--offsets", help="concat mode: each turn's start in seconds, comma-separated")
+    gen.add_argument("--separator", help="vocal separation model (TorchScript, see anytalker.audio.separation) "
+                                         "applied to the tracks the model listens to")
     gen.add_argument("--loudness", type=float, default=None, help="normalise each track to this LUFS (e.g. -23)")
     gen.add_argument("--model", default="checkpoints",
                      help="release folder, converted diffusers folder, or random-tiny (default: ./checkpoints)")

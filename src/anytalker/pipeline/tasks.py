@@ -108,8 +108,12 @@ def read_batch_file(path: str | os.PathLike, use_enhanced_caption: bool = False)
 
 
 def prepare_task(task: GenerationTask, order: str = "left-to-right", loudness_lufs: float | None = None,
-                 detectors=None) -> PreparedTask:
-    """Loads and checks every input of a task; raises a specific error before any model work."""
+                 detectors=None, separator=None) -> PreparedTask:
+    """Loads and checks every input of a task; raises a specific error before any model work.
+
+    `separator` (an `anytalker.audio.separation.VocalSeparator`) cleans the tracks the model
+    listens to; the video's soundtrack keeps the original audio.
+    """
     if not Path(task.image).is_file():
         raise FileNotFoundError(f"image not found: {task.image}")
     try:
@@ -122,13 +126,15 @@ def prepare_task(task: GenerationTask, order: str = "left-to-right", loudness_lu
     if not task.audio:
         raise ValueError("no audio track given: pass one --audio per person")
 
-    def tracks(rate):
+    def tracks(rate, separate=None):
         waves = [load_audio(path, rate) for path in task.audio]
+        if separate is not None:
+            waves = [separate(wave, rate) for wave in waves]
         if loudness_lufs is not None:
             waves = [normalize_loudness(wave, rate, loudness_lufs) for wave in waves]
         return align_tracks(waves, task.audio_mode, offsets_s=task.offsets_s, sample_rate=rate)
 
-    features_audio = tracks(FEATURE_RATE)  # the first load validates every file
+    features_audio = tracks(FEATURE_RATE, separator)  # the first load validates every file
     output_audio = tracks(OUTPUT_AUDIO_RATE)
 
     n = len(task.audio)
