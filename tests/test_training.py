@@ -221,3 +221,58 @@ def test_shipped_configs_are_valid():
         assert config.train.max_steps > 0 and config.data.stage in (1, 2)
     with pytest.raises(ValueError, match="unknown keys in config.train"):
         load_config({"train": {"learnign_rate": 1.0}})
+
+
+@pytest.mark.parametrize("variant", ["fused", "separate"])
+def test_init_from_wan_starts_as_the_plain_wan_model(variant):
+    """New audio/face modules start as a no-op: the output ignores audio; Wan's weights are kept."""
+    from anytalker.models import AnyTalkerTransformer
+    from anytalker.models.official_checkpoint import to_official_state_dict
+    from anytalker.training.initialization import init_from_wan, is_audio_face_parameter
+
+    official = {"model_type": "a2v_af", "dim": 32, "num_heads": 2, "num_layers": 2, "ffn_dim": 64, "text_len": 8,
+                "legacy_audio_cross_attn": variant == "separate"}
+    from anytalker.models.official_checkpoint import config_from_official
+
+    wan = AnyTalkerTransformer.from_config(config_from_official(official))
+    wan_state = {k: v for k, v in to_official_state_dict(wan).items() if not is_audio_face_parameter(k)}
+    model = init_from_wan(wan_state, official).eval()
+    for name, value in wan.state_dict().items():
+        if not is_audio_face_parameter(name):
+            assert torch.equal(model.state_dict()[name], value), name
+    gen = torch.Generator().manual_seed(0)
+    inputs = dict(hidden_states=torch.randn(1, 36, 2, 4, 4, generator=gen), timestep=torch.tensor([500]),
+                  encoder_hidden_states=torch.randn(1, 5, 4096, generator=gen),
+                  encoder_hidden_states_image=torch.randn(1, 3, 1280, generator=gen),
+                  face_embeds=torch.randn(1, 2, 3, 1280, generator=gen),
+                  audio_embeds=torch.randn(1, 2, 5, 5, 12, 768, generator=gen),
+                  face_token_masks=torch.ones(1, 2, 2, 2))
+    with torch.no_grad():
+        out = model(**inputs).sample
+        silent = model(**{**inputs, "audio_embeds": torch.zeros_like(inputs["audio_embeds"])}).sample
+    torch.testing.assert_close(out, silent, atol=0, rtol=0)
+    with pytest.raises(Exception, match="not a Wan2.1 I2V DiT"):
+        init_from_wan({**wan_state, "extra.weight": torch.zeros(1)}, official)
+
+
+def test_trainable_modes_checkpointing_and_validation_clip(datasets, tmp_path):
+    from anytalker.training.initialization import is_audio_face_parameter
+
+    config = _config(datasets / "stage1", tmp_path / "audio", 2, trainable="audio", gradient_checkpointing=True)
+    config["output"]["validate_every"] = 2
+    config["output"]["validation_steps"] = 1
+    trainer = Trainer(config, progress=False)
+    before = {k: v.clone() for k, v in trainer.accelerator.unwrap_model(trainer.transformer).state_dict().items()}
+    trainer.train()
+    after = _weights(tmp_path / "audio")
+    changed = {k for k in after if not torch.equal(after[k], before[k])}
+    assert changed and all(is_audio_face_parameter(k) for k in changed)
+    assert (tmp_path / "audio" / "validation" / "step-000002.mp4").stat().st_size > 0
+
+    lora = Trainer(_config(datasets / "stage1", tmp_path / "lora", 2, trainable="lora"), progress=False)
+    assert any("lora" in name for name, p in lora.transformer.named_parameters() if p.requires_grad)
+    assert not any(p.requires_grad for name, p in lora.transformer.named_parameters() if "lora" not in name)
+    lora.train()
+    merged = _weights(tmp_path / "lora")
+    assert not any("lora" in k for k in merged) and set(merged) == set(before)
+    assert any(not torch.equal(merged[k], before[k]) for k in merged)

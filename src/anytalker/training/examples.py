@@ -100,7 +100,8 @@ class ConditionEncoder:
         pixels = self._pixels(sample.frames)
         num_frames = pixels.shape[2]
         boxes = [p["box"] for p in sample.meta["persons"]]
-        cache = {"latents": encode_video(self.vae, pixels)[0].float(),
+        cache = {"text": self.text(sample.meta.get("caption", "")),
+                 "latents": encode_video(self.vae, pixels)[0].float(),
                  "ref_latents": reference_latents(self.vae, pixels[:, :, :1], num_frames)[0].float(),
                  "clip_image": encode_clip_image(self.image_encoder, pixels[:, :, 0])[0].float()}
         for i, face in enumerate(self.face_crops(pixels[:, :, 0], boxes)):
@@ -135,7 +136,8 @@ class ConditionEncoder:
                              for i, w in enumerate(example.audio)])
         clip_image = cache["clip_image"] if "clip_image" in cache else \
             encode_clip_image(self.image_encoder, pixels[:, :, 0])[0].float()
-        return {"latents": latents, "y": y, "text": self.text(example.caption), "clip_image": clip_image,
+        text = cache["text"] if "text" in cache else self.text(example.caption)
+        return {"latents": latents, "y": y, "text": text, "clip_image": clip_image,
                 "faces": faces, "audio": audio,
                 "token_masks": torch.stack([token_mask(m, latent_h // 2, latent_w // 2) for m in expanded])}
 

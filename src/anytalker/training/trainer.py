@@ -250,10 +250,7 @@ class Trainer:
         return self.save_model() if self.step >= cfg.train.max_steps else self.output
 
     def unwrapped_transformer(self):
-        model = self.accelerator.unwrap_model(self.transformer)
-        if self.config.train.trainable == "lora":
-            model = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
-        return model
+        return self.accelerator.unwrap_model(self.transformer)
 
     def save_model(self) -> Path:
         """The trained transformer in diffusers format (`output/transformer`, and EMA weights in
@@ -263,7 +260,7 @@ class Trainer:
         target = self.output / "transformer"
         if acc.is_main_process:
             model = self.unwrapped_transformer()
-            if self.config.train.trainable == "lora":
+            if self.config.train.trainable == "lora":  # ship plain weights: the adapters merged in
                 model.fuse_lora()
                 model.unload_lora()
             model.save_pretrained(target)
