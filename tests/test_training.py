@@ -205,6 +205,8 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(datasets, tm
                    check=True, env=env, timeout=300)
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "anytalker.cli",
                     "train", str(tmp_path / "two.yaml"), "--quiet"], check=True, env=env, timeout=300)
+    ranks = (tmp_path / "two" / "checkpoint-3").glob("random_states_*.pkl")
+    assert len(list(ranks)) == 2  # both processes really took part (one RNG state each)
     one, two = _weights(tmp_path / "one"), _weights(tmp_path / "two")
     assert max((one[k] - two[k]).abs().max().item() for k in one) < 1e-4
     losses = [[float(r["loss"]) for r in csv.DictReader(open(tmp_path / n / "log.csv"))] for n in ("one", "two")]

@@ -110,7 +110,8 @@ class Trainer:
         self.config = config if isinstance(config, Config) else load_config(config)
         cfg = self.config
         self.output = Path(cfg.output.dir)
-        self.accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision,
+        # cpu=True without a GPU: only then does accelerate join torchrun's CPU processes (gloo).
+        self.accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=not torch.cuda.is_available(),
                                        gradient_accumulation_steps=cfg.train.gradient_accumulation_steps)
         world = self.accelerator.num_processes * cfg.train.gradient_accumulation_steps
         if cfg.train.batch_size % world:
