@@ -106,12 +106,12 @@ def test_prepare_filters_with_reasons_skips_corrupt_and_resumes(tmp_path):
     (src / "corrupt.mp4").write_bytes(b"not a video at all")
     summary = prepare_dataset(src, tmp_path / "out", SETTINGS, progress=False)
     log = {e["clip"]: e for e in map(json.loads, (tmp_path / "out" / "clips.jsonl").read_text().splitlines())}
-    assert log["good.mp4"]["status"] == "ok"
-    assert log["short.mp4"]["reason"].startswith("too short")
-    assert log["silent.mp4"]["reason"] == "silent audio"
-    assert log["nofaces.mp4"]["reason"].startswith("face count wrong")
-    assert log["wrongcount.mp4"]["reason"].startswith("face count wrong")
-    assert log["corrupt.mp4"]["status"] == "corrupt"
+    assert log["good"]["status"] == "ok"
+    assert log["short"]["reason"].startswith("too short")
+    assert log["silent"]["reason"] == "silent audio"
+    assert log["nofaces"]["reason"].startswith("face count wrong")
+    assert log["wrongcount"]["reason"].startswith("face count wrong")
+    assert log["corrupt"]["status"] == "corrupt"
     assert summary["ok"] == 1 and summary["clips"] == 6 and summary["rejected"]["face count wrong"] == 2
 
     make_clip(src, "later", seed=5)

@@ -329,6 +329,14 @@ def build_parser() -> argparse.ArgumentParser:
     from .evaluation.cli import add_eval_parsers
 
     add_eval_parsers(sub)
+
+    from .evaluation.bench import add_bench_parser
+
+    add_bench_parser(sub)
+
+    from .puppets.cli import add_puppets_parser
+
+    add_puppets_parser(sub)
     return parser
 
 

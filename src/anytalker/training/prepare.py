@@ -1,6 +1,7 @@
 """`anytalker prepare SRC OUT`: talking clips -> training shards.
 
-Input: a folder of mp4 clips (video + audio). Next to `clip.mp4` an optional `clip.json`:
+Input: a folder of mp4 clips (video + audio), searched recursively (so one folder per clip, as
+`anytalker puppets make` writes, works too). Next to `clip.mp4` an optional `clip.json`:
     {"caption": str,
      "audio": ["clip.left.wav", ...],          per-person tracks, left to right (multi-person clips)
      "speaking": [[[start_s, end_s], ...], ...] per person (default: voice activity of each track)
@@ -105,8 +106,11 @@ def _half_view(frames: np.ndarray, box: FaceBox, height: int, width: int) -> tup
     return _resize(crop, height, width // 2), _scale_box(box, scale, scale, round(x0), round(y0))
 
 
-def prepare_clip(video_path: Path, settings: PrepareSettings, vad: Callable | None = None) -> list[Sample]:
-    """One clip -> its samples, or ClipRejected with the reason."""
+def prepare_clip(video_path: Path, settings: PrepareSettings, vad: Callable | None = None,
+                 clip_id: str | None = None) -> list[Sample]:
+    """One clip -> its samples, or ClipRejected with the reason. `clip_id` names its samples
+    (default: the file name without extension)."""
+    clip_id = clip_id or video_path.stem
     sidecar_path = video_path.with_suffix(".json")
     sidecar = json.loads(sidecar_path.read_text()) if sidecar_path.is_file() else {}
     data = read_video(video_path)
@@ -157,7 +161,7 @@ def prepare_clip(video_path: Path, settings: PrepareSettings, vad: Callable | No
             piece = track[int(round(start * per_frame)):int(round(stop * per_frame))]
             audio.append(np.pad(piece, (0, int(round(settings.frames * per_frame)) - len(piece))))
         meta = {
-            "source": video_path.name, "segment": s, "fps": TRAIN_FPS, "frames": settings.frames,
+            "source": clip_id, "segment": s, "fps": TRAIN_FPS, "frames": settings.frames,
             "height": settings.height, "width": settings.width, "caption": sidecar.get("caption", ""),
             "persons": [{"box": _scale_box(box, sx, sy),
                          "speaking": [[max(a - t0, 0.0), min(b - t0, t1 - t0)] for a, b in person_speaking
@@ -166,7 +170,7 @@ def prepare_clip(video_path: Path, settings: PrepareSettings, vad: Callable | No
         }
         if half is not None:
             meta["half_box"] = half_box
-        samples.append(Sample(f"{video_path.stem}-{s:04d}", meta, full[start:stop], audio,
+        samples.append(Sample(f"{clip_id}-{s:04d}", meta, full[start:stop], audio,
                               None if half is None else half[start:stop]))
     return samples
 
@@ -181,7 +185,10 @@ def prepare_dataset(src: str | os.PathLike, out: str | os.PathLike, settings: Pr
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / "clips.jsonl"  # one line per finished clip: {"clip", "status", "reason"?, "samples"?}
     done = {json.loads(line)["clip"] for line in log_path.read_text().splitlines()} if log_path.is_file() else set()
-    clips = sorted(p for p in src.glob("*.mp4") if p.name not in done)
+    def clip_id(path: Path) -> str:  # unique across sub-folders, and a valid shard member prefix
+        return path.relative_to(src).with_suffix("").as_posix().replace("/", "_").replace(".", "_")
+
+    clips = sorted(p for p in src.rglob("*.mp4") if clip_id(p) not in done)
     next_shard = len(list(out.glob("shard-*.tar")))
     pending, pending_log = [], []
 
@@ -196,16 +203,17 @@ def prepare_dataset(src: str | os.PathLike, out: str | os.PathLike, settings: Pr
 
     for clip in tqdm(clips, desc="prepare", unit="clip", disable=not progress):
         try:
-            samples = prepare_clip(clip, settings)
+            samples = prepare_clip(clip, settings, clip_id=clip_id(clip))
             if encode is not None:
                 for sample in samples:
                     sample.cache = encode(sample)
             pending += samples
-            pending_log.append({"clip": clip.name, "status": "ok", "samples": len(samples)})
+            pending_log.append({"clip": clip_id(clip), "status": "ok", "samples": len(samples)})
         except ClipRejected as reason:
-            pending_log.append({"clip": clip.name, "status": "rejected", "reason": str(reason)})
+            pending_log.append({"clip": clip_id(clip), "status": "rejected", "reason": str(reason)})
         except Exception as error:  # noqa: BLE001 - a corrupt clip is reported and skipped, never fatal
-            pending_log.append({"clip": clip.name, "status": "corrupt", "reason": f"{type(error).__name__}: {error}"})
+            pending_log.append({"clip": clip_id(clip), "status": "corrupt",
+                                "reason": f"{type(error).__name__}: {error}"})
         if len(pending) >= shard_size:
             flush()
     flush()

@@ -1,0 +1,76 @@
+"""The puppet world: procedural 2D talking heads to train and test a tiny AnyTalker on a CPU.
+
+Every clip is made from (persons, seed) alone: looks (`appearance`), voices (`voice`), who says
+what when (`script`), how everyone moves (`behaviour`), the pixels (`render`), and ground truth
+for every frame. `measure` reads mouth opening and the 22 eye/brow landmarks back from pixels
+(a generated video's included), which is how a model trained on these clips is checked.
+
+    scene = make_scene(2, seed=7)          # in memory: frames, tracks, script, boxes, ground truth
+    write_clip(scene, "out/clip")          # mp4 + wavs + reference.png + meta.json + npz
+    agreement(measure_frames(scene.frames, scene.face_boxes), scene.ground_truth)
+
+`anytalker puppets make OUT --clips N --persons 2 --seed S` writes sets of clips.
+
+Names are imported on first use: `anytalker --help` loads `puppets.cli` without pulling in torch
+(which `anytalker.faces`, and so `dataset`, imports).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "appearance": ("Appearance", "Background", "Pose", "describe", "sample_appearance", "sample_background"),
+    "behaviour": ("MOUTH_LAG_FRAMES", "Motion", "animate", "frame_envelope"),
+    "dataset": ("GROUND_TRUTH", "LANDMARK_INDICES", "Scene", "caption", "clip_name", "clip_seed", "load_clip",
+                "make_scene", "write_clip"),
+    "measure": ("Measurement", "agreement", "measure_clip", "measure_frames"),
+    "script": ("Phrase", "Script", "write_script"),
+    "voice": ("SAMPLE_RATE", "Voice", "espeak_available", "sample_voice"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = [  # resolved on first use by __getattr__
+    "GROUND_TRUTH",
+    "LANDMARK_INDICES",
+    "MOUTH_LAG_FRAMES",
+    "SAMPLE_RATE",
+    "Appearance",
+    "Background",
+    "Measurement",
+    "Motion",
+    "Phrase",
+    "Pose",
+    "Scene",
+    "Script",
+    "Voice",
+    "agreement",
+    "animate",
+    "caption",
+    "clip_name",
+    "clip_seed",
+    "describe",
+    "espeak_available",
+    "frame_envelope",
+    "load_clip",
+    "make_scene",
+    "measure_clip",
+    "measure_frames",
+    "sample_appearance",
+    "sample_background",
+    "sample_voice",
+    "write_clip",
+    "write_script",
+]
+
+
+def __getattr__(name: str):
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_MODULE_OF))

@@ -1,0 +1,136 @@
+"""`anytalker puppets ...`: make synthetic clip sets, and check measurements against ground truth.
+
+Wire-up in anytalker/cli.py: `add_puppets_parser(sub)` next to the other subcommands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+
+def _make_one(job: tuple) -> str:
+    """One clip (a top-level function so worker processes can run it). Returns 'wrote' or 'skipped'."""
+    from .dataset import clip_name, clip_seed, make_scene, write_clip
+
+    out, index, options = job
+    folder = Path(out) / clip_name(options["seed"], options["persons"], index)
+    if (folder / "meta.json").is_file() and not options["overwrite"]:
+        return "skipped"
+    scene = make_scene(options["persons"], clip_seed(options["seed"], options["persons"], index),
+                       tile=options["tile"], fps=options["fps"], min_seconds=options["min_seconds"],
+                       max_seconds=options["max_seconds"], voice=options["voice"])
+    write_clip(scene, folder)
+    return "wrote"
+
+
+def cmd_make(args: argparse.Namespace) -> int:
+    """Renders --clips puppet clips of --persons puppets into OUT, one folder per clip (see dataset.py)."""
+    from tqdm import tqdm
+
+    from .dataset import frame_range
+    from .voice import espeak_available
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        print(f"error: {out} exists and is not a folder", file=sys.stderr)
+        return 2
+    if args.clips < 1:
+        print("error: --clips must be at least 1", file=sys.stderr)
+        return 2
+    if args.voice == "espeak" and not espeak_available():
+        print("error: --voice espeak needs espeak-ng (Debian: apt-get install espeak-ng)", file=sys.stderr)
+        return 2
+    if args.tile % 16 or args.tile < 32:
+        print(f"error: --tile must be a multiple of 16 and at least 32, got {args.tile}", file=sys.stderr)
+        return 2
+    try:
+        frame_range(args.persons, args.fps, args.min_seconds, args.max_seconds)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    options = {"seed": args.seed, "persons": args.persons, "tile": args.tile, "fps": args.fps,
+               "min_seconds": args.min_seconds, "max_seconds": args.max_seconds, "voice": args.voice,
+               "overwrite": args.overwrite}
+    jobs = [(str(out), index, options) for index in range(args.start, args.start + args.clips)]
+    out.mkdir(parents=True, exist_ok=True)
+    progress = tqdm(total=len(jobs), desc="puppet clips", unit="clip", disable=args.quiet)
+    results = []
+    try:
+        if args.jobs > 1:
+            with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+                for result in pool.map(_make_one, jobs):
+                    results.append(result)
+                    progress.update()
+        else:
+            for job in jobs:
+                results.append(_make_one(job))
+                progress.update()
+    except (ValueError, RuntimeError) as error:  # e.g. clips too short for everyone to take a turn
+        progress.close()
+        print(f"error: {error} ({len(results)} clips done; rerun to continue)", file=sys.stderr)
+        return 2
+    progress.close()
+    if not args.quiet:
+        skipped = results.count("skipped")
+        print(f"wrote {results.count('wrote')} clips to {out}" + (f" ({skipped} existed; --overwrite redoes them)"
+                                                                   if skipped else ""))
+    return 0
+
+
+def cmd_measure(args: argparse.Namespace) -> int:
+    """Measures clip videos (or --video, e.g. a generated one) against the clips' ground truth."""
+    from anytalker.video.io import read_video
+
+    from .dataset import load_clip
+    from .measure import agreement, measure_frames
+
+    if args.video and len(args.clips) != 1:
+        print("error: --video compares one video with one clip folder", file=sys.stderr)
+        return 2
+    for folder in map(Path, args.clips):
+        if not (folder / "meta.json").is_file():
+            print(f"error: {folder} is not a clip folder (no meta.json)", file=sys.stderr)
+            return 2
+        meta, truth = load_clip(folder)
+        video = read_video(args.video or folder / meta["files"]["video"])
+        frames = video.frames[: meta["frames"]]
+        if frames.shape[0] != meta["frames"] or frames.shape[1:3] != (meta["height"], meta["width"]):
+            print(f"error: {folder}: video is {list(frames.shape[:3])}, the clip is "
+                  f"[{meta['frames']}, {meta['height']}, {meta['width']}]", file=sys.stderr)
+            return 2
+        result = agreement(measure_frames(frames, meta["face_boxes"]), truth)
+        print(f"{folder.name}: mouth r {result['mouth_r']:.3f} (mae {result['mouth_mae_px']:.2f} px), "
+              f"landmarks r {result['landmarks_r']:.3f} (mae {result['landmarks_mae_px']:.2f} px)")
+    return 0
+
+
+def add_puppets_parser(subparsers) -> argparse.ArgumentParser:
+    """Registers `puppets make` and `puppets measure` on the main parser's subparsers."""
+    puppets = subparsers.add_parser("puppets", help="synthetic talking-puppet clips: make them, measure them")
+    sub = puppets.add_subparsers(dest="puppets_command", required=True)
+
+    make = sub.add_parser("make", help=cmd_make.__doc__, description=cmd_make.__doc__)
+    make.add_argument("out", help="output folder (created); clips go to OUT/p<persons>_s<seed>_<index>/")
+    make.add_argument("--clips", type=int, default=10, help="number of clips (default 10)")
+    make.add_argument("--persons", type=int, choices=[1, 2, 3, 4], default=1, help="puppets per clip (default 1)")
+    make.add_argument("--seed", type=int, default=0, help="set seed; clip i's own seed derives from it (default 0)")
+    make.add_argument("--start", type=int, default=0, help="index of the first clip, to extend a set (default 0)")
+    make.add_argument("--tile", type=int, default=64, help="pixels per puppet: frames are TILE x persons*TILE")
+    make.add_argument("--fps", type=int, default=24)
+    make.add_argument("--min-seconds", type=float, default=None, help="shortest clip (default 2, or 3 for 3+ puppets)")
+    make.add_argument("--max-seconds", type=float, default=None, help="longest clip (default 4)")
+    make.add_argument("--voice", choices=["procedural", "espeak", "auto"], default="procedural",
+                      help="procedural (default, reproducible anywhere) or espeak (needs espeak-ng)")
+    make.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
+    make.add_argument("--overwrite", action="store_true", help="redo clips that exist (default: skip them)")
+    make.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    make.set_defaults(func=cmd_make)
+
+    measure = sub.add_parser("measure", help=cmd_measure.__doc__, description=cmd_measure.__doc__)
+    measure.add_argument("clips", nargs="+", help="clip folders written by `puppets make`")
+    measure.add_argument("--video", help="measure this video instead of the clip's own (same size and length)")
+    measure.set_defaults(func=cmd_measure)
+    return puppets
