@@ -131,6 +131,9 @@ def test_side_by_side_pair_layout(datasets):
     assert pair.boxes[0][2] <= 32 <= pair.boxes[1][0]  # each face in its own half
     assert torch.equal(pair.cache["latents"][..., :4], left.cache["half.latents"])
     assert torch.equal(pair.cache["audio.1"], right.cache["audio.0"])
+    half = single_example(left, view="half")  # a single clip in the geometry of one pair half
+    assert half.frames.shape == (9, 32, 32, 3) and half.boxes == [left.meta["half_box"]]
+    assert torch.equal(half.cache["latents"], left.cache["half.latents"]) and "clip_image" not in half.cache
 
     from anytalker.pipeline.tiny import random_tiny_components
     from anytalker.training.examples import ConditionEncoder

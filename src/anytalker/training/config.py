@@ -26,6 +26,7 @@ class DataConfig:
     concat_probability: float = 0.5
     pair_prompt: str = "Two people are talking to each other."
     mask_enlarge: tuple[float, float] = (1.0, 1.3)  # random scale of face boxes for the token masks
+    single_view: str = "full"  # single-person examples: "full" frame or the face-centred "half" view
     fps: int = 24
 
 
@@ -102,6 +103,8 @@ def load_config(source: str | os.PathLike | dict) -> Config:
         raise ValueError(f"data.stage must be 1 or 2, got {config.data.stage}")
     if config.train.trainable not in ("all", "audio", "lora"):
         raise ValueError(f"train.trainable must be all, audio or lora, got {config.train.trainable!r}")
+    if config.data.single_view not in ("full", "half"):
+        raise ValueError("data.single_view must be full or half")
     if config.train.timestep_weighting not in ("none", "bell"):
         raise ValueError("train.timestep_weighting must be none or bell")
     return config

@@ -33,7 +33,14 @@ class Example:
     source: str = ""
 
 
-def single_example(sample: Sample) -> Example:
+def single_example(sample: Sample, view: str = "full") -> Example:
+    """One clip as it is; `view="half"` takes a single-person clip's face-centred half view (the
+    geometry each half of a side-by-side pair has), when the clip has one."""
+    if view == "half" and sample.half_frames is not None:
+        cache = {k.removeprefix("half."): v for k, v in sample.cache.items()
+                 if k.startswith("half.") or k.startswith(("audio.", "clip_face.", "text"))}
+        return Example(sample.half_frames, sample.audio, [list(sample.meta["half_box"])],
+                       sample.meta.get("caption", ""), cache, sample.key)
     return Example(sample.frames, sample.audio, [p["box"] for p in sample.meta["persons"]],
                    sample.meta.get("caption", ""), dict(sample.cache), sample.key)
 

@@ -189,7 +189,7 @@ class Trainer:
         for position in range(first, first + per_rank):
             picked = [self.index.read(i) for i in chosen[position * per_example:(position + 1) * per_example]]
             example = pair_example(*picked, prompt=cfg.data.pair_prompt) if kind == "pairs" \
-                else single_example(picked[0])
+                else single_example(picked[0], cfg.data.single_view)
             low, high = cfg.data.mask_enlarge
             enlarge = random.Random(f"{cfg.train.seed}:{step}:{position}:mask").uniform(low, high)
             examples.append(self.encoder.encode(example, mask_enlarge=enlarge))
