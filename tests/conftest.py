@@ -55,4 +55,17 @@ def make_tiny_tokenizer(path):
     return path
 
 
+def run_cli(argv: list[str]) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of `anytalker ARGV`, run in-process through the real parser."""
+    import contextlib
+    import io
+
+    from anytalker.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
 from anytalker.parity import load_case  # noqa: E402,F401  (re-exported for the tests)

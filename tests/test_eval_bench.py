@@ -11,10 +11,7 @@ Three small benchmarks are built in tmp folders:
   Sync-C/D with a random SyncNet, one clip without audio recorded as an input failure.
 """
 
-import argparse
-import contextlib
 import csv
-import io
 import json
 import os
 import shutil
@@ -23,10 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_cli
 
+from anytalker import cli
 from anytalker.evaluation import bench
-from anytalker.evaluation.bench import add_bench_parser, find_cases
+from anytalker.evaluation.bench import find_cases
 from anytalker.evaluation.speakers import parse_time
 
 SHARED = Path(os.environ.get("ANYTALKER_SHARED_DIR", REPO_ROOT.parent / "shared"))
@@ -38,14 +36,8 @@ needs_image = pytest.mark.skipif(not IMAGE.is_file(), reason=f"{IMAGE} absent (.
 
 
 def run_bench(argv):
-    """(exit code, stdout, stderr) of `anytalker bench ...` through the parser bench.py registers."""
-    parser = argparse.ArgumentParser(prog="anytalker")
-    add_bench_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["bench", *map(str, argv)])
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = args.func(args)
-    return code, out.getvalue(), err.getvalue()
+    """(exit code, stdout, stderr) of `anytalker bench ...`."""
+    return run_cli(["bench", *map(str, argv)])
 
 
 def speech(seconds, start, stop, seed=0):
@@ -212,10 +204,10 @@ def test_interactivity_scores_known_motion_and_motion_series_reproduce_it(tmp_pa
         calls.append((prepared.task.name, faces))
         info = {"model": args.model, "seed": args.seed, "num_inference_steps": args.steps, "fps": FPS,
                 "guidance_scale": args.guidance_scale, "audio_guidance_scale": args.audio_guidance_scale}
-        return warp_eye_regions(prepared.image, faces, known_tracks()), FPS, info
+        return warp_eye_regions(prepared.image, faces, known_tracks()), info
 
     monkeypatch.setattr(bench, "_load_model", lambda args: (None, "cpu"))
-    monkeypatch.setattr(bench, "_render", render)
+    monkeypatch.setattr(cli, "run_generation", render)
     out = tmp_path / "out"
     code, _, err = run_bench(["--model", "random-tiny", "--benchmark", root, "--out", out, "--fps", FPS,
                               "--steps", 1, "--quiet"])
@@ -287,10 +279,10 @@ def test_clips_benchmark_identity_and_sync_with_first_frame_reference(tmp_path, 
     def render(pipe, device, prepared, args):
         info = {"model": args.model, "seed": args.seed, "num_inference_steps": args.steps, "fps": 25,
                 "guidance_scale": args.guidance_scale, "audio_guidance_scale": args.audio_guidance_scale}
-        return np.repeat(prepared.image[None], 12, axis=0), 25, info
+        return np.repeat(prepared.image[None], 12, axis=0), info
 
     monkeypatch.setattr(bench, "_load_model", lambda args: (None, "cpu"))
-    monkeypatch.setattr(bench, "_render", render)
+    monkeypatch.setattr(cli, "run_generation", render)
     out = tmp_path / "out"
     code, _, err = run_bench(["--model", "random-tiny", "--benchmark", clips, "--out", out, "--fps", 25,
                               "--syncnet", random_syncnet, "--id-stride", 1, "--quiet"])

@@ -1,18 +1,14 @@
 """Interactivity: speaker labels (SS.FF timecodes), the release's scoring rules with known numbers,
 failure reasons, and a real two-person image animated with a known eye/brow displacement track."""
 
-import argparse
-import contextlib
-import io
 import json
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_cli
 
-from anytalker.evaluation.cli import add_eval_parsers
 from anytalker.evaluation.interactivity import InteractivityConfig, person_motion, score_tracks, summarize
 from anytalker.evaluation.landmarks import EYE_BROW_68, MEDIAPIPE_EYE_BROW, GivenLandmarks, get_landmark_source
 from anytalker.evaluation.speakers import (
@@ -31,15 +27,6 @@ IMAGE = SHARED / "examples" / "images" / "2p-0.png"
 FPS = 25
 
 
-def run_cli(argv):
-    """(exit code, stdout, stderr) of `anytalker eval ...` through the parsers the package registers."""
-    parser = argparse.ArgumentParser(prog="anytalker")
-    add_eval_parsers(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = args.func(args)
-    return code, out.getvalue(), err.getvalue()
 
 
 # --- speaker labels -----------------------------------------------------------------------------

@@ -1,9 +1,6 @@
 """FID / FVD statistics with random feature networks (closed forms), the FID Inception-v3 and its
 weight-file keys, the I3D TorchScript interface and clip preparation, identity similarity."""
 
-import argparse
-import contextlib
-import io
 import json
 import os
 from pathlib import Path
@@ -11,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_cli
 
-from anytalker.evaluation.cli import add_eval_parsers
 from anytalker.evaluation.fid import (
     FIDInceptionV3,
     feature_statistics,
@@ -38,14 +34,6 @@ from anytalker.evaluation.weights import MissingWeightsError
 IMAGE = Path(os.environ.get("ANYTALKER_SHARED_DIR", REPO_ROOT.parent / "shared")) / "examples" / "images" / "2p-0.png"
 
 
-def run_cli(argv):
-    parser = argparse.ArgumentParser(prog="anytalker")
-    add_eval_parsers(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = args.func(args)
-    return code, out.getvalue(), err.getvalue()
 
 
 # --- Fréchet distance -----------------------------------------------------------------------------

@@ -1,15 +1,13 @@
 """Lip sync: MFCC settings, the syncnet_v2 network and its weight file, offset search on planted
 offsets, the 25-fps resampling and crop, and Sync-C* weighting. SyncNet is randomly initialised."""
 
-import argparse
-import contextlib
-import io
 
 import numpy as np
 import pytest
 import torch
 
-from anytalker.evaluation.cli import add_eval_parsers
+from conftest import run_cli
+
 from anytalker.evaluation.sync import (
     VSHIFT,
     SpeakerSync,
@@ -29,14 +27,6 @@ from anytalker.evaluation.syncnet import SyncNet, load_syncnet
 from anytalker.evaluation.weights import MissingWeightsError
 
 
-def run_cli(argv):
-    parser = argparse.ArgumentParser(prog="anytalker")
-    add_eval_parsers(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = args.func(args)
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

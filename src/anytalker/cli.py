@@ -175,8 +175,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _generate(prepared, args) -> int:
-    import torch
-
     from .pipeline.tasks import write_result
     from .utils.checkpoints import CheckpointError
 
@@ -190,22 +188,29 @@ def _generate(prepared, args) -> int:
     else:
         pipe.to(device)
     pipe.set_progress_bar_config(disable=args.quiet)
-    height, width = (int(v) for v in args.size.split("x")) if args.size else (None, None)
     for item, out in prepared:
-        generator = torch.Generator("cpu").manual_seed(args.seed)
-        result = pipe(
-            item.image, list(item.features_audio.tracks), item.boxes, prompt=item.task.prompt,
-            negative_prompt=args.negative_prompt, height=height, width=width, fps=args.fps,
-            num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
-            audio_guidance_scale=args.audio_guidance_scale, max_frames_per_window=args.max_frames_per_window,
-            motion_frames=args.motion_frames, generator=generator,
-        )
-        info = {**result.info, "seed": args.seed, "model": args.model, "variant": args.variant,
-                "dtype": str(pipe.transformer.dtype), "device": device}
-        write_result(out, result.frames, args.fps, item, info)
+        frames, info = run_generation(pipe, device, item, args)
+        write_result(out, frames, args.fps, item, info)
         if not args.quiet:
-            print(f"wrote {out} ({result.info['frames']} frames, {result.info['seconds']:.1f} s)")
+            print(f"wrote {out} ({info['frames']} frames, {info['seconds']:.1f} s)")
     return 0
+
+
+def run_generation(pipe, device: str, item, args: argparse.Namespace):
+    """One prepared task through the pipeline with the CLI's settings: (frames, sidecar info)."""
+    import torch
+
+    height, width = (int(v) for v in args.size.split("x")) if args.size else (None, None)
+    result = pipe(
+        item.image, list(item.features_audio.tracks), item.boxes, prompt=item.task.prompt,
+        negative_prompt=args.negative_prompt, height=height, width=width, fps=args.fps,
+        num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
+        audio_guidance_scale=args.audio_guidance_scale, max_frames_per_window=args.max_frames_per_window,
+        motion_frames=args.motion_frames, generator=torch.Generator("cpu").manual_seed(args.seed),
+    )
+    info = {**result.info, "seed": args.seed, "model": args.model, "variant": args.variant,
+            "dtype": str(pipe.transformer.dtype), "device": device}
+    return result.frames, info
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:

@@ -247,24 +247,6 @@ def _load_model(args):
     return pipe, device
 
 
-def _render(pipe, device, prepared, args):
-    """One generation: (frames uint8/float [F, H, W, 3], fps, info for the sidecar)."""
-    import torch
-
-    height, width = (int(v) for v in args.size.split("x")) if args.size else (None, None)
-    generator = torch.Generator("cpu").manual_seed(args.seed)
-    result = pipe(
-        prepared.image, list(prepared.features_audio.tracks), prepared.boxes, prompt=prepared.task.prompt,
-        negative_prompt=args.negative_prompt, height=height, width=width, fps=args.fps,
-        num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
-        audio_guidance_scale=args.audio_guidance_scale, max_frames_per_window=args.max_frames_per_window,
-        motion_frames=args.motion_frames, generator=generator,
-    )
-    info = {**result.info, "seed": args.seed, "model": args.model, "variant": args.variant,
-            "dtype": str(pipe.transformer.dtype), "device": device}
-    return result.frames, args.fps, info
-
-
 def _expected_sidecar(case: Case, args) -> dict:
     expected = {"model": args.model, "seed": args.seed, "num_inference_steps": args.steps, "fps": args.fps,
                 "guidance_scale": args.guidance_scale, "audio_guidance_scale": args.audio_guidance_scale}
@@ -658,7 +640,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Generates every case of a benchmark (resumable), evaluates them, writes CSV, markdown and plots."""
     from tqdm import tqdm
 
-    from ..cli import _settings_error
+    from ..cli import _settings_error, run_generation
     from ..faces.detection import DetectorUnavailable
     from ..pipeline.tasks import GenerationTask, prepare_task, write_result
     from ..utils.checkpoints import CheckpointError
@@ -740,8 +722,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         for case, prepared, video in tqdm(to_generate, desc="generating", unit="case", disable=args.quiet):
             started = time.perf_counter()
             try:
-                frames, fps, info = _render(pipe, device, prepared, args)
-                write_result(video, frames, fps, prepared, {**info, "benchmark_case": case.name,
+                frames, info = run_generation(pipe, device, prepared, args)
+                write_result(video, frames, args.fps, prepared, {**info, "benchmark_case": case.name,
                                                             "generation_s": time.perf_counter() - started})
             except (RuntimeError, ValueError, OSError) as error:  # torch OOM is a RuntimeError
                 records[case.name] = _failure_record(case, "generation", "generation_error",
