@@ -300,6 +300,18 @@ def test_pad_mode_never_cuts(tmp_path, capsys, turns):
     assert_mix_of(out, [load_audio(turns[0], OUT_RATE), load_audio(longer, OUT_RATE)])
 
 
+@pytest.mark.parametrize("scheduler, name, shift", [("unipc", "UniPCMultistepScheduler", 3.0),
+                                                   ("euler", "FlowMatchEulerDiscreteScheduler", 5.0)])
+def test_scheduler_choice(tmp_path, capsys, turns, scheduler, name, shift):
+    out = tmp_path / f"{scheduler}.mp4"
+    extra = ["--scheduler", scheduler] + (["--flow-shift", "5"] if scheduler == "euler" else [])
+    code, _, err = _two_person(capsys, out, turns, *extra, "--steps", "2")
+    assert code == 0, err
+    meta = sidecar(out)
+    assert (meta["scheduler"], meta["flow_shift"]) == (name, shift)
+    assert_video(out, 0.75)
+
+
 # ------------------------------------------------------------------------------------------------
 # 4. user boxes
 # ------------------------------------------------------------------------------------------------

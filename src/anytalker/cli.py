@@ -174,20 +174,30 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return _generate(prepared, args)
 
 
-def _generate(prepared, args) -> int:
-    from .pipeline.tasks import write_result
-    from .utils.checkpoints import CheckpointError
+def ready_pipeline(args: argparse.Namespace):
+    """(pipeline, device) per the sampling options: loaded, scheduler chosen, moved or offloaded."""
+    pipe, device = load_pipeline(args.model, args.variant, args.dtype, args.seed)
+    if args.scheduler != "unipc" or args.flow_shift is not None:
+        from .pipeline.scheduling import RELEASE_FLOW_SHIFT, make_scheduler
 
-    try:
-        pipe, device = load_pipeline(args.model, args.variant, args.dtype, args.seed)
-    except (CheckpointError, ValueError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        pipe.scheduler = make_scheduler(args.scheduler, args.flow_shift or RELEASE_FLOW_SHIFT)
     if args.cpu_offload:
         pipe.enable_model_cpu_offload()
     else:
         pipe.to(device)
     pipe.set_progress_bar_config(disable=args.quiet)
+    return pipe, device
+
+
+def _generate(prepared, args) -> int:
+    from .pipeline.tasks import write_result
+    from .utils.checkpoints import CheckpointError
+
+    try:
+        pipe, device = ready_pipeline(args)
+    except (CheckpointError, ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     for item, out in prepared:
         frames, info = run_generation(pipe, device, item, args)
         write_result(out, frames, args.fps, item, info)
@@ -209,6 +219,8 @@ def run_generation(pipe, device: str, item, args: argparse.Namespace):
         motion_frames=args.motion_frames, generator=torch.Generator("cpu").manual_seed(args.seed),
     )
     info = {**result.info, "seed": args.seed, "model": args.model, "variant": args.variant,
+            "scheduler": type(pipe.scheduler).__name__, "flow_shift": pipe.scheduler.config.get("flow_shift",
+                                                                                            pipe.scheduler.config.get("shift")),
             "dtype": str(pipe.transformer.dtype), "device": device}
     return result.frames, info
 
@@ -247,6 +259,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not args.quiet and trainer.accelerator.is_main_process:
         print(f"step {trainer.step}: {result}")
     return 0
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    """Model and sampling options shared by `generate` and `bench`."""
+    parser.add_argument("--model", default="checkpoints",
+                        help="release folder, converted diffusers folder, or random-tiny (default: ./checkpoints)")
+    parser.add_argument("--variant", choices=["1.3B", "14B"], default="1.3B", help="DiT of a release folder")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bf16 on GPU, fp32 on CPU")
+    parser.add_argument("--cpu-offload", action="store_true", help="keep idle components in CPU memory")
+    parser.add_argument("--size", help="HxW in pixels, multiples of 16 (default: the image's aspect at 480x832 area)")
+    parser.add_argument("--fps", type=int, default=24)
+    parser.add_argument("--steps", type=int, default=40, help="denoising steps")
+    parser.add_argument("--scheduler", choices=["unipc", "euler"], default="unipc",
+                        help="unipc: the release's UniPC with flow sigmas; euler: flow-match Euler")
+    parser.add_argument("--flow-shift", type=float, default=None, help="sigma shift (default 3.0, the release's at 480p)")
+    parser.add_argument("--guidance-scale", type=float, default=4.5)
+    parser.add_argument("--audio-guidance-scale", type=float, default=None,
+                        help="separate audio scale (3 passes per step); default: one scale, as released")
+    parser.add_argument("--max-frames-per-window", type=int, default=81)
+    parser.add_argument("--motion-frames", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -294,20 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--separator", help="vocal separation model (TorchScript, see anytalker.audio.separation) "
                                          "applied to the tracks the model listens to")
     gen.add_argument("--loudness", type=float, default=None, help="normalise each track to this LUFS (e.g. -23)")
-    gen.add_argument("--model", default="checkpoints",
-                     help="release folder, converted diffusers folder, or random-tiny (default: ./checkpoints)")
-    gen.add_argument("--variant", choices=["1.3B", "14B"], default="1.3B", help="DiT of a release folder")
-    gen.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bf16 on GPU, fp32 on CPU")
-    gen.add_argument("--cpu-offload", action="store_true", help="keep idle components in CPU memory")
-    gen.add_argument("--size", help="HxW in pixels, multiples of 16 (default: the image's aspect at 480x832 area)")
-    gen.add_argument("--fps", type=int, default=24)
-    gen.add_argument("--steps", type=int, default=40, help="denoising steps")
-    gen.add_argument("--guidance-scale", type=float, default=4.5)
-    gen.add_argument("--audio-guidance-scale", type=float, default=None,
-                     help="separate audio scale (3 passes per step); default: one scale, as released")
-    gen.add_argument("--max-frames-per-window", type=int, default=81)
-    gen.add_argument("--motion-frames", type=int, default=5)
-    gen.add_argument("--seed", type=int, default=0)
+    add_sampling_arguments(gen)
     gen.add_argument("--quiet", action="store_true", help="no progress bars or messages")
     gen.set_defaults(func=cmd_generate)
 

@@ -235,16 +235,10 @@ def _failure_record(case: Case, stage: str, reason: str, message: str) -> dict:
 # --- generation ---------------------------------------------------------------------------------------
 
 def _load_model(args):
-    """(pipeline, device), ready to run: moved to the device or CPU-offloaded, progress bars per --quiet."""
-    from ..cli import load_pipeline
+    """(pipeline, device), ready to run (the CLI's loading, scheduler and offload options)."""
+    from ..cli import ready_pipeline
 
-    pipe, device = load_pipeline(args.model, args.variant, args.dtype, args.seed)
-    if args.cpu_offload:
-        pipe.enable_model_cpu_offload()
-    else:
-        pipe.to(device)
-    pipe.set_progress_bar_config(disable=args.quiet)
-    return pipe, device
+    return ready_pipeline(args)
 
 
 def _expected_sidecar(case: Case, args) -> dict:
@@ -791,8 +785,6 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     """Registers `bench` on the main parser's subparsers; returns its parser."""
     bench = subparsers.add_parser("bench", help=cmd_bench.__doc__, description=__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-    bench.add_argument("--model", required=True,
-                       help="release folder, converted diffusers folder, or random-tiny")
     bench.add_argument("--benchmark", required=True, help="InteractiveEyes folder or a folder of single-person clips")
     bench.add_argument("--out", required=True, help="output folder (videos/, metrics/, results.*, plots/)")
     bench.add_argument("--cases", help="comma-separated case names (default: all), e.g. interact_1,interact_2")
@@ -820,18 +812,9 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     bench.add_argument("--prompt", default="", help="text prompt for every case")
     bench.add_argument("--negative-prompt", default=None, help="default: Wan2.1's negative prompt")
     bench.add_argument("--detector", help="face detector chain for the reference images (as generate)")
-    bench.add_argument("--variant", choices=["1.3B", "14B"], default="1.3B", help="DiT of a release folder")
-    bench.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None,
-                       help="default: bf16 on GPU, fp32 on CPU")
-    bench.add_argument("--cpu-offload", action="store_true", help="keep idle components in CPU memory")
-    bench.add_argument("--size", help="HxW in pixels, multiples of 16 (default: the image's aspect at 480x832 area)")
-    bench.add_argument("--fps", type=int, default=24)
-    bench.add_argument("--steps", type=int, default=40, help="denoising steps")
-    bench.add_argument("--guidance-scale", type=float, default=4.5)
-    bench.add_argument("--audio-guidance-scale", type=float, default=None)
-    bench.add_argument("--max-frames-per-window", type=int, default=81)
-    bench.add_argument("--motion-frames", type=int, default=5)
-    bench.add_argument("--seed", type=int, default=0)
+    from ..cli import add_sampling_arguments
+
+    add_sampling_arguments(bench)
     bench.add_argument("--quiet", action="store_true", help="no progress bars or messages (notices still print)")
     bench.set_defaults(func=cmd_bench)
     return bench

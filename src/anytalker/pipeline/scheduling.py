@@ -1,6 +1,6 @@
 """Schedulers as the release samples: flow matching with shifted sigmas (diffusers' own classes)."""
 
-from diffusers import UniPCMultistepScheduler
+from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
 RELEASE_FLOW_SHIFT = 3.0  # the release's shift at 480p
 
@@ -11,3 +11,12 @@ def default_scheduler(flow_shift: float = RELEASE_FLOW_SHIFT) -> UniPCMultistepS
         num_train_timesteps=1000, prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=flow_shift
     )
 
+
+
+def make_scheduler(name: str, flow_shift: float = RELEASE_FLOW_SHIFT):
+    """`unipc` (the release's sampler) or `euler` (flow-match Euler), both with shifted flow sigmas."""
+    if name == "unipc":
+        return default_scheduler(flow_shift)
+    if name == "euler":
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=flow_shift)
+    raise ValueError(f"unknown scheduler {name!r}: choose unipc or euler")
