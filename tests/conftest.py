@@ -41,17 +41,10 @@ def parity_params(prefix: str) -> list:
 
 
 def make_tiny_tokenizer(path):
-    """A word-level tokenizer with umT5's special ids (pad 0, </s> 1) appended like umT5 does."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
+    """The `random-tiny` word-level tokenizer (umT5's pad 0 and </s> 1), saved as a tokenizer folder."""
+    from anytalker.pipeline.tiny import tiny_tokenizer
 
-    words = ["<pad>", "</s>", "<unk>"] + "a man and woman talk in the room happily".split()
-    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    specials = {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"}
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, **specials)
-    tokenizer.save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
     return path
 
 

@@ -204,7 +204,7 @@ class AnyTalkerPipeline(DiffusionPipeline):
         windows = plan_windows(total_frames, max_frames_per_window, motion_frames)
 
         # Conditioning shared by every window (identity is re-anchored on the reference each time).
-        pixels = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1.0  # [1, 3, H, W]
+        pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 127.5 - 1.0  # [1, 3, H, W]
         prompt_embeds, negative_embeds = self.encode_prompt(prompt, negative_prompt, device, dtype)
         image_embeds, face_embeds = self.encode_images(pixels, face_boxes, device, dtype)
         audio_embeds = self.encode_audio(audio, total_frames, fps, device, dtype)
