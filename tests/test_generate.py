@@ -447,6 +447,8 @@ ERROR_CASES = {
     # Settings the pipeline would only reject after loading the model.
     "size-not-multiple-of-16": (lambda tmp, t: ["--image", IMAGES / "1p-0.png", "--audio", t[0], "--size", "33x48"],
                                 "multiples of 16"),
+    "cpu-offload-without-gpu": (lambda tmp, t: ["--image", IMAGES / "1p-0.png", "--audio", t[0], "--cpu-offload"],
+                                "--cpu-offload needs a GPU"),
     "size-garbled": (lambda tmp, t: ["--image", IMAGES / "1p-0.png", "--audio", t[0], "--size", "big"],
                      "expected HxW"),
     "window-not-4n+1": (lambda tmp, t: ["--image", IMAGES / "1p-0.png", "--audio", t[0],
@@ -460,6 +462,8 @@ ERROR_CASES = {
 
 @pytest.mark.parametrize("case", list(ERROR_CASES))
 def test_input_errors(tmp_path, capsys, no_model, turns, case):
+    if case == "cpu-offload-without-gpu" and torch.cuda.is_available():
+        pytest.skip("a GPU is present: offloading is allowed")
     build, message = ERROR_CASES[case]
     out = tmp_path / "out" / "video.mp4"
     argv = [*build(tmp_path, turns), "--out", out]

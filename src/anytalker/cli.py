@@ -107,6 +107,11 @@ def _settings_error(args: argparse.Namespace) -> str | None:
         return f"--steps and --fps must be >= 1, got {args.steps} and {args.fps}"
     if args.guidance_scale < 1:
         return f"--guidance-scale must be >= 1, got {args.guidance_scale}"
+    if args.cpu_offload:
+        import torch
+
+        if not torch.cuda.is_available():
+            return "--cpu-offload needs a GPU (idle components wait in CPU memory while one runs on the GPU)"
     return None
 
 
