@@ -170,7 +170,8 @@ class RenamedStateDict(Mapping):
         return len(self._source)
 
 
-def _open(checkpoint, what: str) -> tuple[Mapping, str]:
+def open_checkpoint(checkpoint, what: str) -> tuple[Mapping, str]:
+    """(state dict, description for errors) of a path (file, shard folder) or an in-memory dict."""
     if isinstance(checkpoint, Mapping):
         return checkpoint, f"{what} (state dict)"
     return open_state_dict(checkpoint, what), f"{what} {checkpoint}"
@@ -183,10 +184,10 @@ def load_official_transformer(cls, checkpoint, config, torch_dtype: torch.dtype 
     supplies every weight the AnyTalker checkpoint does not hold; the AnyTalker file wins.
     """
     model_config = config_from_official(config)
-    state_dict, source = _open(checkpoint, "AnyTalker DiT checkpoint")
+    state_dict, source = open_checkpoint(checkpoint, "AnyTalker DiT checkpoint")
     state_dict = RenamedStateDict(state_dict)
     if base_checkpoint is not None:
-        base, base_source = _open(base_checkpoint, "base Wan DiT checkpoint")
+        base, base_source = open_checkpoint(base_checkpoint, "base Wan DiT checkpoint")
         state_dict, source = Overlay(state_dict, RenamedStateDict(base)), f"{source} over {base_source}"
     with init_empty_weights():
         model = cls.from_config(model_config)

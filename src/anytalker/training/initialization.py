@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 
 from ..models import AnyTalkerTransformer
-from ..models.official_checkpoint import RenamedStateDict, config_from_official
-from ..utils.checkpoints import CheckpointError, open_state_dict
+from ..models.official_checkpoint import RenamedStateDict, config_from_official, open_checkpoint
+from ..utils.checkpoints import CheckpointError
 
 AUDIO_FACE_MARKERS = ("face", "audio")
 
@@ -27,8 +27,7 @@ def init_from_wan(wan_checkpoint, official_config, seed: int = 0) -> AnyTalkerTr
     """AnyTalkerTransformer with Wan's weights and freshly initialised audio/face modules."""
     torch.manual_seed(seed)
     model = AnyTalkerTransformer.from_config(config_from_official(official_config))
-    state = RenamedStateDict(open_state_dict(wan_checkpoint, "Wan2.1 DiT checkpoint")
-                     if not hasattr(wan_checkpoint, "keys") else wan_checkpoint)
+    state = RenamedStateDict(open_checkpoint(wan_checkpoint, "Wan2.1 DiT checkpoint")[0])
     own = model.state_dict()
     unexpected = [key for key in state if key not in own]
     missing = [key for key in own if key not in state and not is_audio_face_parameter(key)]
