@@ -367,6 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .puppets.cli import add_puppets_parser
 
     add_puppets_parser(sub)
+
+    from .demo import add_demo_parser
+
+    add_demo_parser(sub)
     return parser
 
 

@@ -107,8 +107,55 @@ def cmd_measure(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_model(args: argparse.Namespace) -> int:
+    """Trains the tiny puppet AnyTalker (data, VAE, stage 1, stage 2, export, evaluation); resumable."""
+    import os
+
+    # Before torch loads OpenMP: threads that sleep instead of spinning when they wait. On a
+    # shared machine spinning threads of two jobs stall each other (measured here: 20x slower).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from .model import STEPS, train_puppets_model
+
+    if args.until and args.until not in STEPS:
+        print(f"error: --until must be one of {', '.join(STEPS)}", file=sys.stderr)
+        return 2
+    try:
+        state = train_puppets_model(args.out, quick=args.quick, config_dir=args.configs, progress=not args.quiet,
+                                    until=args.until, log=(lambda text: None) if args.quiet else None)
+    except (FileNotFoundError, ValueError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if not args.quiet:
+        total = sum(state["done"].values())
+        print(f"done: {', '.join(state['done'])} ({total / 60:.1f} min in all); "
+              f"the model is {Path(args.out) / 'puppets-tiny'}")
+    return 0
+
+
+def cmd_evaluate_model(args: argparse.Namespace) -> int:
+    """Scores a puppet model on held-out scenes: lip sync, binding, Interactivity (and the ground truth's)."""
+    import json
+
+    from .model import WeightsMissing, evaluate_puppets_model, evaluation_scenes, load_pipeline
+
+    try:
+        pipe = load_pipeline(args.model)
+    except WeightsMissing as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    scenes = evaluation_scenes(args.scenes, args.persons, args.seed, args.frames)
+    results = {"model": evaluate_puppets_model(pipe, scenes, steps=args.steps, guidance_scale=args.guidance_scale,
+                                               progress=not args.quiet),
+               "ground_truth": evaluate_puppets_model(None, scenes)}
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    for name, result in results.items():
+        print(f"{name}: {json.dumps(result['summary'])}")
+    return 0
+
+
 def add_puppets_parser(subparsers) -> argparse.ArgumentParser:
-    """Registers `puppets make` and `puppets measure` on the main parser's subparsers."""
+    """Registers the `puppets` subcommands (make, measure, train-model, evaluate-model) on the main parser."""
     puppets = subparsers.add_parser("puppets", help="synthetic talking-puppet clips: make them, measure them")
     sub = puppets.add_subparsers(dest="puppets_command", required=True)
 
@@ -133,4 +180,25 @@ def add_puppets_parser(subparsers) -> argparse.ArgumentParser:
     measure.add_argument("clips", nargs="+", help="clip folders written by `puppets make`")
     measure.add_argument("--video", help="measure this video instead of the clip's own (same size and length)")
     measure.set_defaults(func=cmd_measure)
+
+    train = sub.add_parser("train-model", help=cmd_train_model.__doc__, description=cmd_train_model.__doc__)
+    train.add_argument("out", help="working folder (created); the model ends up in OUT/puppets-tiny")
+    train.add_argument("--quick", action="store_true", help="every step at toy size (a smoke test, seconds)")
+    train.add_argument("--configs", help="folder of recipe.yaml, stage1.yaml, stage2.yaml (default: configs/puppets)")
+    train.add_argument("--until", help="stop after this step: data, vae, base, prepare, stage1, stage2, export, evaluate")
+    train.add_argument("--quiet", action="store_true", help="no progress bars or messages")
+    train.set_defaults(func=cmd_train_model)
+
+    evaluate = sub.add_parser("evaluate-model", help=cmd_evaluate_model.__doc__,
+                              description=cmd_evaluate_model.__doc__)
+    evaluate.add_argument("model", nargs="?", default=None, help="pipeline folder (default: the bundled puppets-tiny)")
+    evaluate.add_argument("--scenes", type=int, default=12, help="held-out scenes (default 12)")
+    evaluate.add_argument("--persons", type=int, choices=[1, 2, 3, 4], default=2)
+    evaluate.add_argument("--seed", type=int, default=900000, help="seed of the first scene (default 900000)")
+    evaluate.add_argument("--frames", type=int, default=49, help="frames per scene, 4n+1 (default 49 = 2 s)")
+    evaluate.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
+    evaluate.add_argument("--guidance-scale", type=float, default=1.0)
+    evaluate.add_argument("--json", help="write every number (per scene too) to this file")
+    evaluate.add_argument("--quiet", action="store_true")
+    evaluate.set_defaults(func=cmd_evaluate_model)
     return puppets

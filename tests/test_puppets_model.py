@@ -1,0 +1,148 @@
+"""puppets-tiny: the VAE trainer, the recipe (quick mode), and the evaluation metrics (CPU)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from anytalker.puppets.dataset import make_scene
+from anytalker.training.vae import (
+    FrameSet,
+    VAETrainSettings,
+    build_vae,
+    estimate_latent_statistics,
+    reconstruct,
+    set_latent_statistics,
+    train_vae,
+    vae_loss,
+)
+
+
+@pytest.fixture(scope="module")
+def solo_clips():
+    scenes = [make_scene(1, seed, tile=32, frames=25) for seed in (3, 4)]
+    return [s.frames for s in scenes]
+
+
+def test_vae_training_reduces_the_reconstruction_loss(solo_clips, tmp_path):
+    frames = FrameSet(solo_clips)
+    settings = VAETrainSettings(dim=4, image_steps=25, image_batch=4, video_steps=2, video_batch=1, video_frames=5,
+                                crop=(32, 32), learning_rate=3e-3, warmup_steps=2, checkpoint_every=10)
+    batch = frames.batch(np.random.default_rng(123), 4, 1, (32, 32))
+    vae = build_vae(4, seed=0)
+    with torch.no_grad():
+        before = vae_loss(vae, *batch, settings)[1]["l1"]
+    trained = train_vae(frames, tmp_path, settings, progress=False, vae=vae)
+    with torch.no_grad():
+        after = vae_loss(trained, *batch, settings)[1]["l1"]
+    assert after < 0.7 * before, (before, after)
+    rows = (tmp_path / "vae_log.csv").read_text().splitlines()
+    assert len(rows) == 1 + 25 + 2 and rows[1].startswith("image") and rows[-1].startswith("video")
+    # Finished: a rerun resumes from the checkpoint at the end and trains nothing more.
+    state = {k: v.clone() for k, v in trained.state_dict().items()}
+    again = train_vae(frames, tmp_path, settings, progress=False)
+    assert len((tmp_path / "vae_log.csv").read_text().splitlines()) == len(rows)
+    assert all(torch.equal(state[k], v) for k, v in again.state_dict().items())
+
+
+def test_latent_statistics_are_re_estimated_and_saved(solo_clips, tmp_path):
+    from diffusers import AutoencoderKLWan
+
+    from anytalker.encoders.vae import WAN21_LATENTS_STD, encode_video
+
+    vae = build_vae(4, seed=1).eval()
+    mean, std = estimate_latent_statistics(vae, solo_clips)
+    assert len(mean) == len(std) == 16 and min(std) > 0
+    assert not np.allclose(std, WAN21_LATENTS_STD)  # not the release's numbers
+    set_latent_statistics(vae, mean, std)
+    pixels = [torch.from_numpy(c).permute(3, 0, 1, 2)[None].float() / 127.5 - 1 for c in solo_clips]
+    z = torch.cat([encode_video(vae, p).transpose(0, 1).flatten(1) for p in pixels], dim=1)  # [16, n]
+    np.testing.assert_allclose(z.mean(1).numpy(), 0, atol=1e-4)
+    np.testing.assert_allclose(z.std(1, unbiased=False).numpy(), 1, atol=1e-3)
+    vae.save_pretrained(tmp_path / "vae")
+    loaded = AutoencoderKLWan.from_pretrained(tmp_path / "vae")
+    np.testing.assert_allclose(loaded.config.latents_std, std, rtol=1e-6)
+    np.testing.assert_allclose(loaded.config.latents_mean, mean, rtol=1e-6, atol=1e-12)
+    assert reconstruct(loaded, solo_clips[0]).shape == solo_clips[0].shape
+    with pytest.raises(ValueError, match="16 means"):
+        set_latent_statistics(vae, mean[:3], std)
+
+
+def test_scene_metrics_on_the_ground_truth_render():
+    from anytalker.puppets.model import scene_metrics, summarize_metrics
+
+    scene = make_scene(2, 900_123, frames=49)
+    metrics = scene_metrics(scene.frames, scene)
+    assert min(metrics["lip_own"]) > 0.95 and max(metrics["lip_other"]) < 0.5
+    assert metrics["binding_moments"] > 0 and metrics["binding"] == 1.0
+    assert metrics["interactivity"] is not None and metrics["interactivity"] > 0
+    # A frozen video (the reference repeated): no lip sync, no motion.
+    frozen = scene_metrics(np.repeat(scene.reference[None], scene.num_frames, axis=0), scene)
+    assert frozen["interactivity"] == 0 and frozen["binding"] == 0
+    summary = summarize_metrics([metrics, frozen])
+    assert set(summary) >= {"lip_own", "lip_other", "binding", "interactivity", "scenes"}
+
+
+def test_missing_weights_say_how_to_build_them(tmp_path):
+    from anytalker.puppets import model
+
+    with pytest.raises(model.WeightsMissing, match="model_index.json"):
+        model.load_pipeline(tmp_path)
+    saved = model.BUNDLED_WEIGHTS
+    try:
+        model.BUNDLED_WEIGHTS = tmp_path / "absent"
+        with pytest.raises(model.WeightsMissing, match="anytalker puppets train-model"):
+            model.load_pipeline()
+    finally:
+        model.BUNDLED_WEIGHTS = saved
+
+
+def test_shipped_recipe_configs_are_valid():
+    from anytalker.puppets.model import load_recipe
+    from anytalker.training.config import load_config
+
+    for quick in (False, True):
+        loaded = load_recipe(quick=quick)
+        VAETrainSettings(**{k: v for k, v in loaded["recipe"]["vae"].items()
+                            if k in VAETrainSettings.__dataclass_fields__})
+        for stage in ("stage1", "stage2"):
+            config = load_config(loaded[stage])
+            assert config.data.stage == int(stage[-1])
+    assert load_config(load_recipe()["stage1"]).data.single_view == "half"
+
+
+def test_recipe_quick_mode_runs_every_stage(tmp_path):
+    """The whole recipe at toy size (~30 s on 2 cores): data, VAE, base, prepare, stage 1, stage 2,
+    export, evaluation; a rerun skips every finished step."""
+    from anytalker.pipeline import AnyTalkerPipeline
+    from anytalker.puppets.model import STEPS, train_puppets_model
+
+    out = tmp_path / "run"
+    state = train_puppets_model(out, quick=True, progress=False, log=lambda text: None)
+    assert list(state["done"]) == list(STEPS)
+    assert state["results"]["prepare"]["stage1"]["samples"] > 0 and state["results"]["prepare"]["stage2"]["samples"] > 0
+    assert state["results"]["stage2"]["steps"] == 2
+    pipe = AnyTalkerPipeline.from_pretrained(out / "puppets-tiny")
+    assert pipe.vae.config.latents_std == json.loads((out / "vae" / "config.json").read_text())["latents_std"]
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    assert set(evaluation) == {"ground_truth", "vae_reconstruction", "stage1", "stage2"}
+    assert evaluation["ground_truth"]["summary"]["binding"] == 1.0
+    stage1 = yaml.safe_load((out / "configs" / "stage1.yaml").read_text())
+    assert stage1["data"]["shards"] == str(out / "data" / "stage1")
+    again = train_puppets_model(out, quick=True, progress=False, log=lambda text: None)
+    assert again["done"] == state["done"]
+    with pytest.raises(ValueError, match="quick"):
+        train_puppets_model(out, quick=False, progress=False, log=lambda text: None)
+
+
+def test_video_phase_starts_from_the_image_phase(solo_clips, tmp_path):
+    """build_vae's temporal initialisation: after image-only training a still video reconstructs
+    exactly as its frame does alone (frames are coded independently until the video phase)."""
+    settings = VAETrainSettings(dim=4, image_steps=3, image_batch=2, video_steps=0, crop=(32, 32), checkpoint_every=10)
+    vae = train_vae(FrameSet(solo_clips), tmp_path, settings, progress=False)
+    still = np.repeat(solo_clips[0][:1], 9, axis=0)
+    frame = reconstruct(vae, still[:1])[0]
+    video = reconstruct(vae, still)
+    assert max(np.abs(video[i].astype(int) - frame.astype(int)).max() for i in range(9)) <= 1
