@@ -1,5 +1,6 @@
 """puppets-tiny: the VAE trainer, the recipe (quick mode), and the evaluation metrics (CPU)."""
 
+import csv
 import json
 
 import numpy as np
@@ -99,6 +100,19 @@ def test_missing_weights_say_how_to_build_them(tmp_path):
         model.BUNDLED_WEIGHTS = saved
 
 
+def test_bundled_model_lip_syncs_and_binds_on_held_out_scenes():
+    """The shipped puppets-tiny on the first two held-out scenes of its evaluation, with the
+    recipe's settings: each mouth follows its own track, not the others', and the speaker's mouth
+    is the one that moves (the issue's bars; the full 12-scene numbers are in the README)."""
+    from anytalker.puppets.model import evaluate_puppets_model, evaluation_scenes, load_pipeline, load_recipe
+
+    settings = load_recipe()["recipe"]["evaluation"]
+    scenes = evaluation_scenes(2, 2, settings["seed"], settings["frames"])
+    summary = evaluate_puppets_model(load_pipeline(), scenes, steps=settings["steps"])["summary"]
+    assert summary["lip_own"] >= 0.6 and summary["lip_other"] <= 0.2
+    assert summary["binding_moments"] >= 5 and summary["binding"] >= 0.9
+
+
 def test_shipped_recipe_configs_are_valid():
     from anytalker.puppets.model import load_recipe
     from anytalker.training.config import load_config
@@ -131,6 +145,25 @@ def test_recipe_quick_mode_runs_every_stage(tmp_path):
     assert evaluation["ground_truth"]["summary"]["binding"] == 1.0
     stage1 = yaml.safe_load((out / "configs" / "stage1.yaml").read_text())
     assert stage1["data"]["shards"] == str(out / "data" / "stage1")
+
+    generalisation = json.loads((out / "generalisation.json").read_text())
+    assert generalisation["persons"] == 3 and len(generalisation["stage2"]["scenes"][0]["lip_own"]) == 3
+    # Ablations: same data and steps, only their change differs from the main run.
+    masks_off = out / "ablations" / "no_face_masks"
+    assert json.loads((masks_off / "stage1" / "transformer_ema" / "config.json").read_text())["use_face_masks"] is False
+    assert json.loads((out / "stage1" / "transformer_ema" / "config.json").read_text())["use_face_masks"] is True
+    no_pairs = yaml.safe_load((out / "ablations" / "no_pairs" / "configs" / "stage1.yaml").read_text())
+    assert no_pairs["data"]["concat_probability"] == 0.0 and stage1["data"]["concat_probability"] == 0.5
+    assert no_pairs["train"] == stage1["train"] and no_pairs["data"]["shards"] == stage1["data"]["shards"]
+    with open(out / "ablations" / "no_pairs" / "stage1" / "log.csv") as handle:
+        assert {row["kind"] for row in csv.DictReader(handle)} == {"singles"}
+    assert set(state["results"]["ablations"]) == {"no_face_masks", "no_pairs"}
+    report = (out / "results.md").read_text()
+    for row in ("ground-truth renders", "ablation: stage 2 skipped", "ablation: no face masks",
+                "ablation: no pairs", "3-puppet scenes"):
+        assert row in report
+    bundled = json.loads((out / "puppets-tiny" / "evaluation.json").read_text())
+    assert bundled["ablations"] == state["results"]["ablations"]
     again = train_puppets_model(out, quick=True, progress=False, log=lambda text: None)
     assert again["done"] == state["done"]
     with pytest.raises(ValueError, match="quick"):

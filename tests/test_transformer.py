@@ -126,6 +126,19 @@ def test_static_face_mask_broadcasts_over_frames():
     torch.testing.assert_close(run(model, **static), run(model, **inputs))
 
 
+@pytest.mark.parametrize("audio_attention", ["fused", "separate"])
+def test_use_face_masks_false_ignores_the_masks(audio_attention):
+    """The no-face-mask ablation: with use_face_masks=False the masks change nothing, and the output
+    equals the masked-off model's; with masks on, the same weights give a different output."""
+    model = tiny_transformer(audio_attention)
+    ablated = AnyTalkerTransformer.from_config(model.config, use_face_masks=False).eval()
+    ablated.load_state_dict(model.state_dict())
+    inputs = tiny_inputs()
+    unmasked = run(model, **{**inputs, "face_token_masks": None})
+    torch.testing.assert_close(run(ablated, **inputs), unmasked)
+    assert (run(model, **inputs) - unmasked).abs().max() > 1e-3
+
+
 @pytest.mark.parametrize("change,message", [
     (lambda i: {"face_embeds": i["face_embeds"][:, :1]}, "identity counts disagree"),
     (lambda i: {"face_token_masks": i["face_token_masks"][:, :1]}, "identity counts disagree"),

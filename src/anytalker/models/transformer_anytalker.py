@@ -156,6 +156,7 @@ class AnyTalkerTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin
         audio_token_dim: int = 768,
         temporal_stride: int = 4,
         rope_max_seq_len: int = 1024,
+        use_face_masks: bool = True,
     ) -> None:
         super().__init__()
         if audio_attention not in AUDIO_ATTENTION_VARIANTS:
@@ -295,7 +296,9 @@ class AnyTalkerTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin
         if face_embeds is not None:
             face_tokens = self.face_embedder(face_embeds)
             audio_tokens = self.audio_projector(audio_embeds.to(self.audio_projector.proj1.weight.dtype))
-            if face_token_masks is not None:
+            # use_face_masks=False is the ablation of AFCA without its face-region masks (every
+            # identity's audio reaches every token); the releases use them.
+            if face_token_masks is not None and self.config.use_face_masks:
                 if face_token_masks.ndim == 4:
                     face_token_masks = face_token_masks.unsqueeze(2).expand(-1, -1, grid[0], -1, -1)
                 masks = face_token_masks.flatten(2)  # [B, N, L], frame-major like the tokens

@@ -108,7 +108,8 @@ def cmd_measure(args: argparse.Namespace) -> int:
 
 
 def cmd_train_model(args: argparse.Namespace) -> int:
-    """Trains the tiny puppet AnyTalker (data, VAE, stage 1, stage 2, export, evaluation); resumable."""
+    """Trains the tiny puppet AnyTalker (data, VAE, stage 1, stage 2, export), then evaluates it, on 3
+    puppets too, against its ablations (OUT/results.md); resumable."""
     import os
 
     # Before torch loads OpenMP: threads that sleep instead of spinning when they wait. On a
@@ -129,6 +130,9 @@ def cmd_train_model(args: argparse.Namespace) -> int:
         total = sum(state["done"].values())
         print(f"done: {', '.join(state['done'])} ({total / 60:.1f} min in all); "
               f"the model is {Path(args.out) / 'puppets-tiny'}")
+        report = Path(args.out) / "results.md"
+        if "report" in state["done"] and report.is_file():
+            print(report.read_text())
     return 0
 
 
@@ -185,7 +189,8 @@ def add_puppets_parser(subparsers) -> argparse.ArgumentParser:
     train.add_argument("out", help="working folder (created); the model ends up in OUT/puppets-tiny")
     train.add_argument("--quick", action="store_true", help="every step at toy size (a smoke test, seconds)")
     train.add_argument("--configs", help="folder of recipe.yaml, stage1.yaml, stage2.yaml (default: configs/puppets)")
-    train.add_argument("--until", help="stop after this step: data, vae, base, prepare, stage1, stage2, export, evaluate")
+    train.add_argument("--until", help="stop after this step: data, vae, base, prepare, stage1, stage2, export (the "
+                       "model), evaluate, generalise, ablations, report")
     train.add_argument("--quiet", action="store_true", help="no progress bars or messages")
     train.set_defaults(func=cmd_train_model)
 

@@ -18,6 +18,14 @@ step resumable and skipped when done (state in OUT/recipe_state.json):
 7. export     OUT/puppets-tiny (stage 2) and OUT/puppets-tiny-stage1 (stage 1 only), diffusers format
 8. evaluate   held-out scenes (fresh seeds): stage 1 vs stage 2 vs the ground-truth renders;
               OUT/evaluation.json
+9. generalise the same on 3-puppet scenes (training saw at most 2); OUT/generalisation.json
+10. ablations each recipe `ablations` entry (AFCA without face masks, stage 1 without pairs)
+              retrained with the same data and steps, evaluated alike; OUT/ablations/NAME
+              (the stage-2-skipped ablation is the stage 1 model of step 8)
+11. report    OUT/results.md (the tables of the README) and puppets-tiny/evaluation.json
+
+The model alone is steps 1-7 (`--until export`, ~40 minutes on 2 CPU cores); the whole recipe
+with its evaluations and ablations ~90 minutes.
 
 Sizes live in configs/puppets/recipe.yaml (and the two training configs next to it).
 
@@ -47,9 +55,11 @@ from pathlib import Path
 import numpy as np
 
 BUNDLED_WEIGHTS = Path(__file__).resolve().parent / "weights" / "puppets-tiny"
-RETRAIN_HINT = ("build them with `anytalker puppets train-model runs/puppets` (about 40 minutes on 2 CPU cores) "
+RETRAIN_HINT = ("build them with `anytalker puppets train-model runs/puppets --until export` (about 40 minutes "
+                "on 2 CPU cores) "
                 "and copy runs/puppets/puppets-tiny to {target}, or pass a model folder")
-STEPS = ("data", "vae", "base", "prepare", "stage1", "stage2", "export", "evaluate")
+STEPS = ("data", "vae", "base", "prepare", "stage1", "stage2", "export", "evaluate", "generalise", "ablations",
+         "report")
 FPS = 24
 
 
@@ -547,30 +557,44 @@ def _step_prepare(out: Path, recipe: dict, progress: bool) -> dict:
     return summary
 
 
-def _train_config(template: dict, out: Path, stage: str) -> dict:
+def _stage_transformer(run: Path, stage: str) -> Path:
+    """A finished training stage's weights: its EMA folder when it kept one."""
+    ema = run / stage / "transformer_ema"
+    return ema if ema.is_dir() else run / stage / "transformer"
+
+
+def _train_config(template: dict, out: Path, stage: str, run: Path | None = None, start: Path | None = None) -> dict:
+    """`template` pointed at OUT's base pipeline and shards; stages write to `run` (default OUT).
+    Stage 2 starts from stage 1's weights; stage 1 from `start` (default: the base transformer)."""
+    run = run or out
     config = copy.deepcopy(template)
     config.setdefault("model", {})["source"] = str(out / "base")
+    if stage == "stage1" and start is not None:
+        config["model"]["transformer"] = str(start)
     if stage == "stage2":
-        ema = out / "stage1" / "transformer_ema"
-        config["model"]["transformer"] = str(ema if ema.is_dir() else out / "stage1" / "transformer")
+        config["model"]["transformer"] = str(_stage_transformer(run, "stage1"))
     config.setdefault("data", {})["shards"] = str(out / "data" / stage)
-    config.setdefault("output", {})["dir"] = str(out / stage)
+    config.setdefault("output", {})["dir"] = str(run / stage)
     return config
 
 
-def _step_train(out: Path, configs: dict, stage: str, progress: bool) -> dict:
+def _step_train(out: Path, configs: dict, stage: str, progress: bool, run: Path | None = None,
+                start: Path | None = None) -> dict:
     import csv
 
     import yaml
 
     from ..training.trainer import Trainer
 
-    config = _train_config(configs[stage], out, stage)
-    (out / "configs").mkdir(exist_ok=True)
-    (out / "configs" / f"{stage}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    run = run or out
+    config = _train_config(configs[stage], out, stage, run, start)
+    (run / "configs").mkdir(parents=True, exist_ok=True)
+    (run / "configs" / f"{stage}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     trainer = Trainer(config, progress=progress)
     trainer.train(resume=True)
-    rows = list(csv.DictReader(open(out / stage / "log.csv")))
+    # A resumed run appends the steps it redoes after the checkpoint: the last row of a step counts.
+    with open(run / stage / "log.csv", newline="") as handle:
+        rows = list({int(r["step"]): r for r in csv.DictReader(handle)}.values())
     losses = [float(r["loss"]) for r in rows]
     tail = max(1, len(losses) // 10)
     return {"steps": trainer.step, "loss_first_10pct": float(np.mean(losses[:tail])),
@@ -578,20 +602,23 @@ def _step_train(out: Path, configs: dict, stage: str, progress: bool) -> dict:
             "samples_per_s": float(np.mean([float(r["samples_per_s"]) for r in rows[-tail:]]))}
 
 
-def _export(out: Path, stage: str, target: Path) -> None:
+def _pipeline_with(out: Path, transformer_folder: Path):
+    """OUT's base pipeline (VAE, encoders) with the transformer of `transformer_folder`."""
     import torch
 
     from ..models import AnyTalkerTransformer
     from ..pipeline import AnyTalkerPipeline
 
     pipe = load_pipeline(out / "base")
-    folder = out / stage / "transformer_ema"
-    if not folder.is_dir():
-        folder = out / stage / "transformer"
     with _quiet_loading():
-        transformer = AnyTalkerTransformer.from_pretrained(folder, dtype=torch.float32).eval()
-    parts = dict(pipe.components, transformer=transformer)
-    AnyTalkerPipeline(**parts).save_pretrained_atomic(target, overwrite=True)
+        transformer = AnyTalkerTransformer.from_pretrained(transformer_folder, dtype=torch.float32).eval()
+    pipe = AnyTalkerPipeline(**dict(pipe.components, transformer=transformer))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _export(out: Path, stage: str, target: Path) -> None:
+    _pipeline_with(out, _stage_transformer(out, stage)).save_pretrained_atomic(target, overwrite=True)
 
 
 def _folder_bytes(folder: Path) -> int:
@@ -606,17 +633,119 @@ def _step_export(out: Path, recipe: dict, configs: dict) -> dict:
     return {"bytes": _folder_bytes(out / "puppets-tiny")}
 
 
-def _step_evaluate(out: Path, recipe: dict, progress: bool) -> dict:
+def _evaluation_settings(recipe: dict, progress: bool) -> dict:
     settings = recipe["evaluation"]
-    scenes = evaluation_scenes(settings["scenes"], 2, settings["seed"], settings["frames"])
-    kwargs = {"steps": settings["steps"], "guidance_scale": settings.get("guidance_scale", 1.0),
-              "progress": progress}
+    return {"steps": settings["steps"], "guidance_scale": settings.get("guidance_scale", 1.0), "progress": progress}
+
+
+def _held_out_scenes(recipe: dict, persons: int = 2) -> list:
+    settings = recipe["evaluation"]
+    if persons == 2:
+        return evaluation_scenes(settings["scenes"], 2, settings["seed"], settings["frames"])
+    other = recipe["generalisation"]
+    return evaluation_scenes(other["scenes"], persons, other["seed"], settings["frames"])
+
+
+def _step_evaluate(out: Path, recipe: dict, progress: bool) -> dict:
+    scenes, kwargs = _held_out_scenes(recipe), _evaluation_settings(recipe, progress)
     results = {"ground_truth": evaluate_puppets_model(None, scenes),
                "vae_reconstruction": evaluate_puppets_model(load_pipeline(out / "base"), scenes, reference="vae"),
                "stage1": evaluate_puppets_model(load_pipeline(out / "puppets-tiny-stage1"), scenes, **kwargs),
                "stage2": evaluate_puppets_model(load_pipeline(out / "puppets-tiny"), scenes, **kwargs)}
     (out / "evaluation.json").write_text(json.dumps(results, indent=1))
     return {name: result["summary"] for name, result in results.items()}
+
+
+def _step_generalise(out: Path, recipe: dict, progress: bool) -> dict:
+    """Scenes with more puppets than training ever showed (recipe `generalisation.persons`)."""
+    persons = recipe["generalisation"]["persons"]
+    scenes, kwargs = _held_out_scenes(recipe, persons), _evaluation_settings(recipe, progress)
+    results = {"persons": persons,
+               "ground_truth": evaluate_puppets_model(None, scenes),
+               "stage1": evaluate_puppets_model(load_pipeline(out / "puppets-tiny-stage1"), scenes, **kwargs),
+               "stage2": evaluate_puppets_model(load_pipeline(out / "puppets-tiny"), scenes, **kwargs)}
+    (out / "generalisation.json").write_text(json.dumps(results, indent=1))
+    return {name: (result["summary"] if isinstance(result, dict) else result) for name, result in results.items()}
+
+
+def _step_ablations(out: Path, recipe: dict, configs: dict, progress: bool, say: Callable[[str], None]) -> dict:
+    """Each recipe `ablations` entry retrained from the same base, data and step budget with its
+    changes (`transformer`: config of the starting transformer, `stage1`/`stage2`: training config
+    overrides), into OUT/ablations/NAME, and evaluated on the held-out scenes. A finished ablation
+    (its evaluation.json) is skipped, so a rerun resumes."""
+    from ..models import AnyTalkerTransformer
+
+    scenes, kwargs = _held_out_scenes(recipe), _evaluation_settings(recipe, progress)
+    summaries = {}
+    for name, change in (recipe.get("ablations") or {}).items():
+        run = out / "ablations" / name
+        done = run / "evaluation.json"
+        if not done.is_file():
+            say(f"[puppets-tiny] ablation {name}: {json.dumps(change)}")
+            start = None
+            if change.get("transformer"):
+                start = run / "start_transformer"
+                if not (start / "config.json").is_file():
+                    with _quiet_loading():
+                        model = AnyTalkerTransformer.from_pretrained(out / "base" / "transformer", **change["transformer"])
+                    partial = run / ".start_transformer.partial"
+                    shutil.rmtree(partial, ignore_errors=True)
+                    model.save_pretrained(partial)
+                    os.replace(partial, start)
+            stages = {stage: copy.deepcopy(configs[stage]) for stage in ("stage1", "stage2")}
+            for stage, config in stages.items():
+                _merge(config, change.get(stage) or {})
+            training = {stage: _step_train(out, stages, stage, progress, run, start) for stage in stages}
+            result = evaluate_puppets_model(_pipeline_with(out, _stage_transformer(run, "stage2")), scenes, **kwargs)
+            tmp = done.with_name(".evaluation.json.partial")
+            tmp.write_text(json.dumps({"change": change, "training": training, **result}, indent=1))
+            os.replace(tmp, done)
+        summaries[name] = json.loads(done.read_text())["summary"]
+    return summaries
+
+
+TABLE_COLUMNS = (("lip_own", "lip sync, own track (r)"), ("lip_other", "lip sync, other tracks (r)"),
+                 ("binding", "binding"), ("interactivity", "Interactivity"))
+
+
+def results_table(results: dict) -> str:
+    """Markdown tables of a finished recipe's `evaluate`, `generalise` and `ablations` results."""
+    def table(rows: list[tuple[str, dict]]) -> list[str]:
+        lines = ["| model | " + " | ".join(title for _, title in TABLE_COLUMNS) + " |",
+                 "|---|" + "---:|" * len(TABLE_COLUMNS)]
+        for label, summary in rows:
+            cells = [summary.get(key) for key, _ in TABLE_COLUMNS]
+            lines.append(f"| {label} | " + " | ".join("-" if v is None else f"{v:.3f}" for v in cells) + " |")
+        return lines
+
+    main = results["evaluate"]
+    lines = [f"Held-out two-puppet scenes ({main['stage2']['scenes']}, {main['stage2']['binding_moments']} "
+             "one-speaker moments):", ""]
+    lines += table([("ground-truth renders", main["ground_truth"]),
+                    ("renders through the VAE", main["vae_reconstruction"]),
+                    ("puppets-tiny (stage 1 + stage 2)", main["stage2"]),
+                    ("ablation: stage 2 skipped", main["stage1"])]
+                   + [(f"ablation: {name.replace('_', ' ')}", summary)
+                      for name, summary in results.get("ablations", {}).items()])
+    stage1, stage2, truth = (main[k]["interactivity"] for k in ("stage1", "stage2", "ground_truth"))
+    if stage1 and stage2 and truth:
+        lines += ["", f"Interactivity: stage 2 / stage 1 = {stage2 / stage1:.2f}x, stage 2 / ground truth = "
+                      f"{stage2 / truth:.2f}"]
+    if "generalise" in results:
+        other = results["generalise"]
+        lines += ["", f"Held-out {other['persons']}-puppet scenes ({other['stage2']['scenes']}; training saw at most 2):",
+                  ""]
+        lines += table([("ground-truth renders", other["ground_truth"]), ("puppets-tiny", other["stage2"]),
+                        ("stage 1 only", other["stage1"])])
+    return "\n".join(lines) + "\n"
+
+
+def _step_report(out: Path, results: dict) -> dict:
+    """OUT/results.md, and the summaries next to the exported model (puppets-tiny/evaluation.json)."""
+    (out / "results.md").write_text(results_table(results))
+    summary = {key: results[key] for key in ("evaluate", "generalise", "ablations") if key in results}
+    (out / "puppets-tiny" / "evaluation.json").write_text(json.dumps(summary, indent=1))
+    return None
 
 
 def train_puppets_model(out: str | os.PathLike, quick: bool = False, config_dir: str | os.PathLike | None = None,
@@ -652,6 +781,9 @@ def train_puppets_model(out: str | os.PathLike, quick: bool = False, config_dir:
         "stage2": lambda: _step_train(out, configs, "stage2", progress),
         "export": lambda: _step_export(out, recipe, configs),
         "evaluate": lambda: _step_evaluate(out, recipe, progress),
+        "generalise": lambda: _step_generalise(out, recipe, progress),
+        "ablations": lambda: _step_ablations(out, recipe, configs, progress, say),
+        "report": lambda: _step_report(out, state.data["results"]),
     }
     for step in STEPS:
         if not state.done(step):

@@ -13,10 +13,15 @@ is ~0.9 M parameters), so a trained VAE drops into `AnyTalkerPipeline` like the 
    gives the diffusion model unit-scale latents, as the release's hard-coded statistics do for
    the released VAE.
 
+`build_vae` initialises the model for this schedule (see its docstring): without it a dim-8 VAE
+stalls on the mean-colour plateau, and the video phase would start from random temporal
+convolutions. Image-phase steps run every causal convolution as a 2D one (`first_frame_fast_path`,
+the same numbers for a third of the work).
+
 Loss: weighted L1 + `mse_weight` x weighted MSE + `kl_weight` x KL (per latent element), on the
-decoder's unclamped output. Optional per-clip weight maps (e.g. 1 + face_weight inside face boxes)
-put the capacity where it matters. Every batch and every posterior sample is a pure function of
-(seed, phase, step), so a resumed run continues exactly where it stopped: `train_vae` checkpoints
+decoder's unclamped output of the posterior mean. Optional per-clip weight maps (e.g. 1 + face_weight inside face boxes)
+put the capacity where it matters. Every batch (and the optional latent noise) is a pure function
+of (seed, phase, step), so a resumed run continues exactly where it stopped: `train_vae` checkpoints
 (model, optimizer, step) atomically every `checkpoint_every` steps and resumes from it.
 """
 
@@ -39,7 +44,7 @@ from diffusers import AutoencoderKLWan
 from ..encoders.vae import decode_latents, diffusers_vae_config, encode_video
 
 __all__ = ["FrameSet", "VAETrainSettings", "build_vae", "decode_unclamped", "estimate_latent_statistics",
-           "psnr", "reconstruct", "set_latent_statistics", "train_vae", "vae_loss"]
+           "first_frame_fast_path", "psnr", "reconstruct", "set_latent_statistics", "train_vae", "vae_loss"]
 
 CHECKPOINT = "vae_checkpoint.pt"
 PHASES = ("image", "video")
