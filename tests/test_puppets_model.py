@@ -157,10 +157,13 @@ def test_recipe_quick_mode_runs_every_stage(tmp_path):
     assert no_pairs["train"] == stage1["train"] and no_pairs["data"]["shards"] == stage1["data"]["shards"]
     with open(out / "ablations" / "no_pairs" / "stage1" / "log.csv") as handle:
         assert {row["kind"] for row in csv.DictReader(handle)} == {"singles"}
-    assert set(state["results"]["ablations"]) == {"no_face_masks", "no_pairs"}
+    skipped = out / "ablations" / "stage2_skipped"
+    assert not (skipped / "stage2").exists()
+    assert json.loads((skipped / "evaluation.json").read_text())["training"]["stage1"]["steps"] == 4  # 2 + 2
+    assert set(state["results"]["ablations"]) == {"no_face_masks", "no_pairs", "stage2_skipped"}
     report = (out / "results.md").read_text()
-    for row in ("ground-truth renders", "ablation: stage 2 skipped", "ablation: no face masks",
-                "ablation: no pairs", "3-puppet scenes"):
+    for row in ("ground-truth renders", "its stage 1 alone", "ablation: no face masks", "ablation: no pairs",
+                "ablation: stage 2 skipped", "3-puppet scenes"):
         assert row in report
     bundled = json.loads((out / "puppets-tiny" / "evaluation.json").read_text())
     assert bundled["ablations"] == state["results"]["ablations"]

@@ -19,9 +19,9 @@ step resumable and skipped when done (state in OUT/recipe_state.json):
 8. evaluate   held-out scenes (fresh seeds): stage 1 vs stage 2 vs the ground-truth renders;
               OUT/evaluation.json
 9. generalise the same on 3-puppet scenes (training saw at most 2); OUT/generalisation.json
-10. ablations each recipe `ablations` entry (AFCA without face masks, stage 1 without pairs)
-              retrained with the same data and steps, evaluated alike; OUT/ablations/NAME
-              (the stage-2-skipped ablation is the stage 1 model of step 8)
+10. ablations each recipe `ablations` entry (AFCA without face masks, stage 1 without pairs,
+              stage 2 skipped) retrained with the same data and steps, evaluated alike;
+              OUT/ablations/NAME
 11. report    OUT/results.md (the tables of the README) and puppets-tiny/evaluation.json
 
 The model alone is steps 1-7 (`--until export`, ~40 minutes on 2 CPU cores); the whole recipe
@@ -671,7 +671,8 @@ def _step_generalise(out: Path, recipe: dict, progress: bool) -> dict:
 def _step_ablations(out: Path, recipe: dict, configs: dict, progress: bool, say: Callable[[str], None]) -> dict:
     """Each recipe `ablations` entry retrained from the same base, data and step budget with its
     changes (`transformer`: config of the starting transformer, `stage1`/`stage2`: training config
-    overrides), into OUT/ablations/NAME, and evaluated on the held-out scenes. A finished ablation
+    overrides, `skip_stage2`: stage 1 only, for both stages' steps), into OUT/ablations/NAME, and
+    evaluated on the held-out scenes. A finished ablation
     (its evaluation.json) is skipped, so a rerun resumes."""
     from ..models import AnyTalkerTransformer
 
@@ -695,8 +696,11 @@ def _step_ablations(out: Path, recipe: dict, configs: dict, progress: bool, say:
             stages = {stage: copy.deepcopy(configs[stage]) for stage in ("stage1", "stage2")}
             for stage, config in stages.items():
                 _merge(config, change.get(stage) or {})
+            if change.get("skip_stage2"):  # the same budget: stage 1 runs stage 2's steps too
+                stages["stage1"]["train"]["max_steps"] += stages.pop("stage2")["train"]["max_steps"]
             training = {stage: _step_train(out, stages, stage, progress, run, start) for stage in stages}
-            result = evaluate_puppets_model(_pipeline_with(out, _stage_transformer(run, "stage2")), scenes, **kwargs)
+            last = _stage_transformer(run, list(stages)[-1])
+            result = evaluate_puppets_model(_pipeline_with(out, last), scenes, **kwargs)
             tmp = done.with_name(".evaluation.json.partial")
             tmp.write_text(json.dumps({"change": change, "training": training, **result}, indent=1))
             os.replace(tmp, done)
@@ -724,8 +728,8 @@ def results_table(results: dict) -> str:
     lines += table([("ground-truth renders", main["ground_truth"]),
                     ("renders through the VAE", main["vae_reconstruction"]),
                     ("puppets-tiny (stage 1 + stage 2)", main["stage2"]),
-                    ("ablation: stage 2 skipped", main["stage1"])]
-                   + [(f"ablation: {name.replace('_', ' ')}", summary)
+                    ("its stage 1 alone (puppets-tiny-stage1)", main["stage1"])]
+                   + [(f"ablation: {name.replace('_', ' ').replace('stage', 'stage ')}", summary)
                       for name, summary in results.get("ablations", {}).items()])
     stage1, stage2, truth = (main[k]["interactivity"] for k in ("stage1", "stage2", "ground_truth"))
     if stage1 and stage2 and truth:
