@@ -160,10 +160,12 @@ def test_recipe_quick_mode_runs_every_stage(tmp_path):
     skipped = out / "ablations" / "stage2_skipped"
     assert not (skipped / "stage2").exists()
     assert json.loads((skipped / "evaluation.json").read_text())["training"]["stage1"]["steps"] == 4  # 2 + 2
+    assert not (skipped / "evaluation_stage1.json").exists() and (skipped / "generalisation.json").is_file()
     assert set(state["results"]["ablations"]) == {"no_face_masks", "no_pairs", "stage2_skipped"}
+    assert set(state["results"]["ablations"]["no_pairs"]) == {"two", "stage1", "three"}
     report = (out / "results.md").read_text()
     for row in ("ground-truth renders", "its stage 1 alone", "ablation: no face masks", "ablation: no pairs",
-                "ablation: stage 2 skipped", "3-puppet scenes"):
+                "ablation: no pairs, its stage 1 alone", "ablation: stage 2 skipped", "3-puppet scenes"):
         assert row in report
     bundled = json.loads((out / "puppets-tiny" / "evaluation.json").read_text())
     assert bundled["ablations"] == state["results"]["ablations"]

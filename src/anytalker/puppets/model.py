@@ -668,20 +668,37 @@ def _step_generalise(out: Path, recipe: dict, progress: bool) -> dict:
     return {name: (result["summary"] if isinstance(result, dict) else result) for name, result in results.items()}
 
 
+def _json_once(path: Path, make: Callable[[], dict]) -> dict:
+    """The JSON at `path`, made (and written atomically) the first time: resumable evaluations."""
+    if not path.is_file():
+        tmp = path.with_name(f".{path.name}.partial")
+        tmp.write_text(json.dumps(make(), indent=1))
+        os.replace(tmp, path)
+    return json.loads(path.read_text())
+
+
 def _step_ablations(out: Path, recipe: dict, configs: dict, progress: bool, say: Callable[[str], None]) -> dict:
     """Each recipe `ablations` entry retrained from the same base, data and step budget with its
     changes (`transformer`: config of the starting transformer, `stage1`/`stage2`: training config
     overrides, `skip_stage2`: stage 1 only, for both stages' steps), into OUT/ablations/NAME, and
-    evaluated on the held-out scenes. A finished ablation
-    (its evaluation.json) is skipped, so a rerun resumes."""
+    evaluated like the model: on the two-puppet scenes (evaluation.json; with two stages, stage 1
+    alone too: evaluation_stage1.json) and the 3-puppet ones (generalisation.json). Finished parts
+    are skipped, so a rerun resumes."""
     from ..models import AnyTalkerTransformer
 
-    scenes, kwargs = _held_out_scenes(recipe), _evaluation_settings(recipe, progress)
+    kwargs = _evaluation_settings(recipe, progress)
+    persons = recipe["generalisation"]["persons"]
     summaries = {}
     for name, change in (recipe.get("ablations") or {}).items():
         run = out / "ablations" / name
-        done = run / "evaluation.json"
-        if not done.is_file():
+        stages = {stage: copy.deepcopy(configs[stage]) for stage in ("stage1", "stage2")}
+        for stage, config in stages.items():
+            _merge(config, change.get(stage) or {})
+        if change.get("skip_stage2"):  # the same budget: stage 1 runs stage 2's steps too
+            stages["stage1"]["train"]["max_steps"] += stages.pop("stage2")["train"]["max_steps"]
+        last = list(stages)[-1]
+
+        def train(run=run, change=change, stages=stages, name=name) -> dict:
             say(f"[puppets-tiny] ablation {name}: {json.dumps(change)}")
             start = None
             if change.get("transformer"):
@@ -693,18 +710,20 @@ def _step_ablations(out: Path, recipe: dict, configs: dict, progress: bool, say:
                     shutil.rmtree(partial, ignore_errors=True)
                     model.save_pretrained(partial)
                     os.replace(partial, start)
-            stages = {stage: copy.deepcopy(configs[stage]) for stage in ("stage1", "stage2")}
-            for stage, config in stages.items():
-                _merge(config, change.get(stage) or {})
-            if change.get("skip_stage2"):  # the same budget: stage 1 runs stage 2's steps too
-                stages["stage1"]["train"]["max_steps"] += stages.pop("stage2")["train"]["max_steps"]
             training = {stage: _step_train(out, stages, stage, progress, run, start) for stage in stages}
-            last = _stage_transformer(run, list(stages)[-1])
-            result = evaluate_puppets_model(_pipeline_with(out, last), scenes, **kwargs)
-            tmp = done.with_name(".evaluation.json.partial")
-            tmp.write_text(json.dumps({"change": change, "training": training, **result}, indent=1))
-            os.replace(tmp, done)
-        summaries[name] = json.loads(done.read_text())["summary"]
+            result = evaluate_puppets_model(_pipeline_with(out, _stage_transformer(run, last)),
+                                            _held_out_scenes(recipe), **kwargs)
+            return {"change": change, "training": training, **result}
+
+        def evaluate(stage: str, scene_persons: int, run=run) -> dict:
+            return evaluate_puppets_model(_pipeline_with(out, _stage_transformer(run, stage)),
+                                          _held_out_scenes(recipe, scene_persons), **kwargs)
+
+        summaries[name] = {"two": _json_once(run / "evaluation.json", train)["summary"]}
+        if last == "stage2":
+            summaries[name]["stage1"] = _json_once(run / "evaluation_stage1.json", lambda: evaluate("stage1", 2))["summary"]
+        summaries[name]["three"] = _json_once(run / "generalisation.json",
+                                              lambda: evaluate(last, persons) | {"persons": persons})["summary"]
     return summaries
 
 
@@ -722,15 +741,19 @@ def results_table(results: dict) -> str:
             lines.append(f"| {label} | " + " | ".join("-" if v is None else f"{v:.3f}" for v in cells) + " |")
         return lines
 
-    main = results["evaluate"]
+    def label(name: str) -> str:
+        return "ablation: " + name.replace("_", " ").replace("stage", "stage ")
+
+    main, ablations = results["evaluate"], results.get("ablations", {})
     lines = [f"Held-out two-puppet scenes ({main['stage2']['scenes']}, {main['stage2']['binding_moments']} "
              "one-speaker moments):", ""]
     lines += table([("ground-truth renders", main["ground_truth"]),
                     ("renders through the VAE", main["vae_reconstruction"]),
                     ("puppets-tiny (stage 1 + stage 2)", main["stage2"]),
                     ("its stage 1 alone (puppets-tiny-stage1)", main["stage1"])]
-                   + [(f"ablation: {name.replace('_', ' ').replace('stage', 'stage ')}", summary)
-                      for name, summary in results.get("ablations", {}).items()])
+                   + [row for name, summary in ablations.items()
+                      for row in [(label(name), summary["two"])]
+                      + ([(f"{label(name)}, its stage 1 alone", summary["stage1"])] if "stage1" in summary else [])])
     stage1, stage2, truth = (main[k]["interactivity"] for k in ("stage1", "stage2", "ground_truth"))
     if stage1 and stage2 and truth:
         lines += ["", f"Interactivity: stage 2 / stage 1 = {stage2 / stage1:.2f}x, stage 2 / ground truth = "
@@ -740,7 +763,8 @@ def results_table(results: dict) -> str:
         lines += ["", f"Held-out {other['persons']}-puppet scenes ({other['stage2']['scenes']}; training saw at most 2):",
                   ""]
         lines += table([("ground-truth renders", other["ground_truth"]), ("puppets-tiny", other["stage2"]),
-                        ("stage 1 only", other["stage1"])])
+                        ("its stage 1 alone", other["stage1"])]
+                       + [(label(name), summary["three"]) for name, summary in ablations.items()])
     return "\n".join(lines) + "\n"
 
 
