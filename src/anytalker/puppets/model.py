@@ -25,7 +25,7 @@ step resumable and skipped when done (state in OUT/recipe_state.json):
 11. report    OUT/results.md (the tables of the README) and puppets-tiny/evaluation.json
 
 The model alone is steps 1-7 (`--until export`, ~40 minutes on 2 CPU cores); the whole recipe
-with its evaluations and ablations ~90 minutes.
+with its evaluations and ablations ~2 hours.
 
 Sizes live in configs/puppets/recipe.yaml (and the two training configs next to it).
 
