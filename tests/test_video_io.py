@@ -1,10 +1,12 @@
 """mp4 write / read / probe round trips and atomic writes."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
-from anytalker.utils.atomic import atomic_write
+from anytalker.utils.atomic import atomic_directory, atomic_write, write_json_atomic
 from anytalker.video import probe_video, read_video, write_video
 
 
@@ -127,3 +129,22 @@ def test_atomic_write(tmp_path):
         with atomic_write(tmp_path / "never.bin"):
             pass
     assert not (tmp_path / "never.bin").exists()
+
+
+def test_write_json_atomic_and_atomic_directory(tmp_path):
+    target = write_json_atomic(tmp_path / "a" / "record.json", {"x": [1, 2]})
+    assert json.loads(target.read_text()) == {"x": [1, 2]} and leftovers(target.parent) == []
+
+    folder = tmp_path / "model"
+    with atomic_directory(folder) as partial:
+        (partial / "config.json").write_text("{}")
+        assert not folder.exists()  # nothing at the destination until the block succeeds
+    with pytest.raises(RuntimeError, match="save failed"):
+        with atomic_directory(folder) as partial:
+            (partial / "weights.bin").write_bytes(b"half")
+            raise RuntimeError("save failed")
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json"]  # the old folder, untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "model"]  # no partial folder left
+    with atomic_directory(folder) as partial:
+        (partial / "weights.bin").write_bytes(b"new")
+    assert sorted(p.name for p in folder.iterdir()) == ["weights.bin"]  # replaced as a whole

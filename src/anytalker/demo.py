@@ -19,7 +19,6 @@ Files, for `--out demo.mp4` (every name starts with the --out stem):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -54,7 +53,7 @@ def run_demo(out: str | os.PathLike = "demo.mp4", persons: int = 2, seed: int | 
 
     from .puppets.dataset import _write_wav, make_scene
     from .puppets.model import generate_scene, load_pipeline, scene_metrics
-    from .utils.atomic import atomic_write
+    from .utils.atomic import atomic_write, write_json_atomic
     from .video.io import write_video
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", min(4, os.cpu_count() or 1))))
@@ -78,16 +77,16 @@ def run_demo(out: str | os.PathLike = "demo.mp4", persons: int = 2, seed: int | 
               "duration_s": round(scene.duration, 6), "script": scene.script.to_json(),
               "speaking_intervals": [[list(iv) for iv in person] for person in scene.speaking_intervals],
               "audio": [files[f"audio_{i}"].name for i in range(persons)]}
-    files["script"].write_text(json.dumps(script, indent=1))
+    write_json_atomic(files["script"], script)
     boxes = {"order": "left to right", "format": "[x0, y0, x1, y1] pixels, x1/y1 exclusive",
              "face_boxes": [list(box.as_tuple()) for box in scene.face_boxes], "width": scene.width,
              "height": scene.height}
-    files["boxes"].write_text(json.dumps(boxes, indent=1))
+    write_json_atomic(files["boxes"], boxes)
     metrics = {"seed": seed, "persons": persons, "frames": scene.num_frames, "steps": steps,
                "guidance_scale": guidance_scale, "model": str(model) if model else "bundled puppets-tiny",
                "generated": scene_metrics(generated, scene), "ground_truth": scene_metrics(scene.frames, scene)}
     metrics["seconds"] = round(time.perf_counter() - start, 1)
-    files["metrics"].write_text(json.dumps(metrics, indent=1))
+    write_json_atomic(files["metrics"], metrics)
     if not quiet:
         print(f"scene: {persons} puppet{'s' if persons > 1 else ''}, seed {seed}, {scene.num_frames} frames "
               f"({scene.duration:.2f} s); {steps} denoising steps, {metrics['seconds']:.0f} s in all")

@@ -53,7 +53,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..utils.atomic import atomic_write
+from ..utils.atomic import atomic_write, write_json_atomic
 
 __all__ = ["BENCHMARK_KINDS", "METRICS", "BenchError", "Case", "add_bench_parser", "benchmark_kind", "cmd_bench",
            "evaluate_case", "find_cases", "table_rows", "write_plots", "write_tables"]
@@ -210,8 +210,7 @@ def _jsonable(value):
 
 
 def _write_json(path: Path, obj) -> None:
-    with atomic_write(path) as tmp:
-        tmp.write_text(json.dumps(_jsonable(obj), indent=2, allow_nan=False, ensure_ascii=False))
+    write_json_atomic(path, _jsonable(obj), indent=2, allow_nan=False, ensure_ascii=False)
 
 
 def _read_json(path: Path) -> dict | None:

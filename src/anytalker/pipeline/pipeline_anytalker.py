@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +23,7 @@ from ..encoders.wav2vec import WAV2VEC_SAMPLE_RATE, AudioFeatureEncoder
 from ..faces.detection import FaceBox
 from ..faces.masks import box_mask, expand_mask, mask_channels, token_mask
 from ..models import AnyTalkerTransformer
+from ..utils.atomic import atomic_directory
 from .release import load_release_components, release_folder
 from .schedule import choose_resolution, frames_for_duration, latent_aligned, plan_windows
 
@@ -279,14 +278,6 @@ class AnyTalkerPipeline(DiffusionPipeline):
         target = Path(save_directory)
         if target.exists() and not overwrite:
             raise FileExistsError(f"{target} exists; pass overwrite=True (--overwrite) to replace it")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-        try:
+        with atomic_directory(target) as partial:
             self.save_pretrained(partial, **kwargs)
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(partial, target)
-        except BaseException:
-            shutil.rmtree(partial, ignore_errors=True)
-            raise
         return target

@@ -17,7 +17,7 @@ import numpy as np
 from ..audio.alignment import AlignedTracks, align_tracks
 from ..audio.io import load_audio, normalize_loudness
 from ..faces.detection import FaceBox, detect_faces, load_image, parse_bbox, select_faces, square_box
-from ..utils.atomic import atomic_write
+from ..utils.atomic import write_json_atomic
 
 FEATURE_RATE = 16000  # wav2vec2
 OUTPUT_AUDIO_RATE = 48000  # the mp4's AAC track keeps the user's audio quality
@@ -166,6 +166,5 @@ def write_result(out_path: str | os.PathLike, frames: np.ndarray, fps: int, prep
         **info,
         "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    with atomic_write(out_path.with_suffix(".json")) as tmp:
-        tmp.write_text(json.dumps(sidecar, indent=2, ensure_ascii=False))
+    write_json_atomic(out_path.with_suffix(".json"), sidecar, indent=2, ensure_ascii=False)
     return out_path

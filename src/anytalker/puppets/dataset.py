@@ -44,7 +44,7 @@ from PIL import Image
 
 from anytalker.audio import mix_tracks
 from anytalker.faces import FaceBox
-from anytalker.utils.atomic import atomic_write
+from anytalker.utils.atomic import atomic_write, write_json_atomic
 from anytalker.video.io import write_video
 
 from .appearance import (
@@ -289,12 +289,8 @@ def write_clip(scene: Scene, folder: str | Path, name: str | None = None) -> Pat
         np.savez_compressed(handle, **scene.ground_truth)
     sidecar = {"caption": scene.caption, "audio": [f"audio_{i}.wav" for i in range(len(scene.tracks))],
                "speaking": meta["speaking_intervals"], "boxes": meta["face_boxes"]}
-    with atomic_write(folder / "video.json") as tmp:
-        tmp.write_text(json.dumps(sidecar))
-    meta_path = folder / "meta.json"
-    with atomic_write(meta_path) as tmp:
-        tmp.write_text(json.dumps(meta, indent=1))
-    return meta_path
+    write_json_atomic(folder / "video.json", sidecar, indent=None)
+    return write_json_atomic(folder / "meta.json", meta)
 
 
 def clip_seed(seed: int, persons: int, index: int) -> int:

@@ -46,13 +46,14 @@ import copy
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from ..utils.atomic import atomic_directory, atomic_write, write_json_atomic
 
 BUNDLED_WEIGHTS = Path(__file__).resolve().parent / "weights" / "puppets-tiny"
 RETRAIN_HINT = ("build them with `anytalker puppets train-model runs/puppets --until export` (about 40 minutes "
@@ -432,9 +433,7 @@ class _State:
         self.data["done"][step] = round(seconds, 1)
         if result is not None:
             self.data["results"][step] = result
-        tmp = self.path.with_name(f".{self.path.name}.partial")
-        tmp.write_text(json.dumps(self.data, indent=1))
-        os.replace(tmp, self.path)
+        write_json_atomic(self.path, self.data)
 
 
 def _make_clips(folder: Path, persons: int, count: int, seed: int, data: dict, progress: bool) -> None:
@@ -511,18 +510,15 @@ def _step_vae(out: Path, recipe: dict, progress: bool) -> dict:
     chosen = clips[:: max(1, len(clips) // stat_clips)][:stat_clips]
     mean, std = estimate_latent_statistics(vae, chosen)
     set_latent_statistics(vae, mean, std)
-    partial = out / ".vae.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    vae.save_pretrained(partial)
-    shutil.rmtree(out / "vae", ignore_errors=True)
-    os.replace(partial, out / "vae")
+    with atomic_directory(out / "vae") as partial:
+        vae.save_pretrained(partial)
     from .dataset import make_scene
 
     held_out = [make_scene(2, recipe["evaluation"]["seed"] + 10_000 + i, frames=recipe["evaluation"]["frames"])
                 for i in range(eval_scenes)]
     metrics = vae_fidelity(vae, held_out) | {"latents_mean": mean, "latents_std": std,
                                                "parameters": sum(p.numel() for p in vae.parameters())}
-    (out / "vae_metrics.json").write_text(json.dumps(metrics, indent=1))
+    write_json_atomic(out / "vae_metrics.json", metrics)
     return {k: v for k, v in metrics.items() if not k.startswith("latents_")}
 
 
@@ -629,7 +625,7 @@ def _step_export(out: Path, recipe: dict, configs: dict) -> dict:
     _export(out, "stage2", out / "puppets-tiny")
     _export(out, "stage1", out / "puppets-tiny-stage1")
     training = {"recipe": recipe, "stage1": configs["stage1"], "stage2": configs["stage2"]}
-    (out / "puppets-tiny" / "training.json").write_text(json.dumps(training, indent=1))
+    write_json_atomic(out / "puppets-tiny" / "training.json", training)
     return {"bytes": _folder_bytes(out / "puppets-tiny")}
 
 
@@ -652,7 +648,7 @@ def _step_evaluate(out: Path, recipe: dict, progress: bool) -> dict:
                "vae_reconstruction": evaluate_puppets_model(load_pipeline(out / "base"), scenes, reference="vae"),
                "stage1": evaluate_puppets_model(load_pipeline(out / "puppets-tiny-stage1"), scenes, **kwargs),
                "stage2": evaluate_puppets_model(load_pipeline(out / "puppets-tiny"), scenes, **kwargs)}
-    (out / "evaluation.json").write_text(json.dumps(results, indent=1))
+    write_json_atomic(out / "evaluation.json", results)
     return {name: result["summary"] for name, result in results.items()}
 
 
@@ -664,17 +660,31 @@ def _step_generalise(out: Path, recipe: dict, progress: bool) -> dict:
                "ground_truth": evaluate_puppets_model(None, scenes),
                "stage1": evaluate_puppets_model(load_pipeline(out / "puppets-tiny-stage1"), scenes, **kwargs),
                "stage2": evaluate_puppets_model(load_pipeline(out / "puppets-tiny"), scenes, **kwargs)}
-    (out / "generalisation.json").write_text(json.dumps(results, indent=1))
+    write_json_atomic(out / "generalisation.json", results)
     return {name: (result["summary"] if isinstance(result, dict) else result) for name, result in results.items()}
 
 
 def _json_once(path: Path, make: Callable[[], dict]) -> dict:
     """The JSON at `path`, made (and written atomically) the first time: resumable evaluations."""
     if not path.is_file():
-        tmp = path.with_name(f".{path.name}.partial")
-        tmp.write_text(json.dumps(make(), indent=1))
-        os.replace(tmp, path)
+        write_json_atomic(path, make())
     return json.loads(path.read_text())
+
+
+def _train_ablation(out: Path, run: Path, change: dict, stages: dict, progress: bool) -> dict:
+    """Trains `stages` (configs) into `run`, from the base transformer with `change["transformer"]`
+    config overrides when given; returns each stage's training summary."""
+    from ..models import AnyTalkerTransformer
+
+    start = None
+    if change.get("transformer"):
+        start = run / "start_transformer"
+        if not (start / "config.json").is_file():
+            with _quiet_loading():
+                model = AnyTalkerTransformer.from_pretrained(out / "base" / "transformer", **change["transformer"])
+            with atomic_directory(start) as partial:
+                model.save_pretrained(partial)
+    return {stage: _step_train(out, stages, stage, progress, run, start) for stage in stages}
 
 
 def _step_ablations(out: Path, recipe: dict, configs: dict, progress: bool, say: Callable[[str], None]) -> dict:
@@ -684,8 +694,6 @@ def _step_ablations(out: Path, recipe: dict, configs: dict, progress: bool, say:
     evaluated like the model: on the two-puppet scenes (evaluation.json; with two stages, stage 1
     alone too: evaluation_stage1.json) and the 3-puppet ones (generalisation.json). Finished parts
     are skipped, so a rerun resumes."""
-    from ..models import AnyTalkerTransformer
-
     kwargs = _evaluation_settings(recipe, progress)
     persons = recipe["generalisation"]["persons"]
     summaries = {}
@@ -698,28 +706,16 @@ def _step_ablations(out: Path, recipe: dict, configs: dict, progress: bool, say:
             stages["stage1"]["train"]["max_steps"] += stages.pop("stage2")["train"]["max_steps"]
         last = list(stages)[-1]
 
-        def train(run=run, change=change, stages=stages, name=name) -> dict:
-            say(f"[puppets-tiny] ablation {name}: {json.dumps(change)}")
-            start = None
-            if change.get("transformer"):
-                start = run / "start_transformer"
-                if not (start / "config.json").is_file():
-                    with _quiet_loading():
-                        model = AnyTalkerTransformer.from_pretrained(out / "base" / "transformer", **change["transformer"])
-                    partial = run / ".start_transformer.partial"
-                    shutil.rmtree(partial, ignore_errors=True)
-                    model.save_pretrained(partial)
-                    os.replace(partial, start)
-            training = {stage: _step_train(out, stages, stage, progress, run, start) for stage in stages}
-            result = evaluate_puppets_model(_pipeline_with(out, _stage_transformer(run, last)),
-                                            _held_out_scenes(recipe), **kwargs)
-            return {"change": change, "training": training, **result}
-
-        def evaluate(stage: str, scene_persons: int, run=run) -> dict:
+        def evaluate(stage: str, scene_persons: int) -> dict:
             return evaluate_puppets_model(_pipeline_with(out, _stage_transformer(run, stage)),
                                           _held_out_scenes(recipe, scene_persons), **kwargs)
 
-        summaries[name] = {"two": _json_once(run / "evaluation.json", train)["summary"]}
+        def train_and_evaluate() -> dict:
+            say(f"[puppets-tiny] ablation {name}: {json.dumps(change)}")
+            training = _train_ablation(out, run, change, stages, progress)
+            return {"change": change, "training": training, **evaluate(last, 2)}
+
+        summaries[name] = {"two": _json_once(run / "evaluation.json", train_and_evaluate)["summary"]}
         if last == "stage2":
             summaries[name]["stage1"] = _json_once(run / "evaluation_stage1.json", lambda: evaluate("stage1", 2))["summary"]
         summaries[name]["three"] = _json_once(run / "generalisation.json",
@@ -770,9 +766,10 @@ def results_table(results: dict) -> str:
 
 def _step_report(out: Path, results: dict) -> dict:
     """OUT/results.md, and the summaries next to the exported model (puppets-tiny/evaluation.json)."""
-    (out / "results.md").write_text(results_table(results))
+    with atomic_write(out / "results.md") as tmp:
+        tmp.write_text(results_table(results))
     summary = {key: results[key] for key in ("evaluate", "generalise", "ablations") if key in results}
-    (out / "puppets-tiny" / "evaluation.json").write_text(json.dumps(summary, indent=1))
+    write_json_atomic(out / "puppets-tiny" / "evaluation.json", summary)
     return None
 
 

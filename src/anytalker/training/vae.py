@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKLWan
 
 from ..encoders.vae import decode_latents, diffusers_vae_config, encode_video
+from ..utils.atomic import atomic_write
 
 __all__ = ["FrameSet", "VAETrainSettings", "build_vae", "decode_unclamped", "estimate_latent_statistics",
            "first_frame_fast_path", "psnr", "reconstruct", "set_latent_statistics", "train_vae", "vae_loss"]
@@ -237,10 +238,9 @@ def _learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
 
 
 def _save_checkpoint(path: Path, vae, optimizer, phase: str, step: int) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    torch.save({"vae": vae.state_dict(), "optimizer": optimizer.state_dict(), "phase": phase, "step": step,
-                "config": dict(vae.config)}, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        torch.save({"vae": vae.state_dict(), "optimizer": optimizer.state_dict(), "phase": phase, "step": step,
+                    "config": dict(vae.config)}, tmp)
 
 
 def train_vae(frames: FrameSet, out_dir: str | os.PathLike, settings: VAETrainSettings | None = None,

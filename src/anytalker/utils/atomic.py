@@ -1,13 +1,16 @@
-"""Atomic file writes: a crash or an exception never leaves a partial file at the destination.
+"""Atomic writes: a crash or an exception never leaves a partial file or folder at the destination.
 
-Used for videos, checkpoints and JSON sidecars: write to a temporary name in the destination's
+Used for videos, checkpoints, JSON sidecars and model folders: write to a temporary name in the destination's
 folder (same file system, so the final `os.replace` is atomic), then rename.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
+import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,4 +41,28 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     except BaseException:  # KeyboardInterrupt included: never leave the temporary file behind
         tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: str | os.PathLike, obj, indent: int | None = 1, **dumps_options) -> Path:
+    """`obj` as JSON at `path`, written atomically (`atomic_write`); returns the path."""
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=indent, **dumps_options))
+    return Path(path)
+
+
+@contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder next to `path`; on success it replaces `path` (an existing folder
+    there is removed first), on error it is removed. For model folders (`save_pretrained`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
