@@ -99,13 +99,14 @@ def run_demo(out: str | os.PathLike = "demo.mp4", persons: int = 2, seed: int | 
 
 
 def _number(metrics: dict, key: str) -> str:
-    import numpy as np
+    import math
+
+    from .puppets.model import finite_mean
 
     value = metrics[key]
     if isinstance(value, list):
-        value = [v for v in value if v is not None and np.isfinite(v)]
-        value = float(np.mean(value)) if value else None
-    if value is None:
+        value = finite_mean(value)
+    if value is None or not math.isfinite(value):
         return "-"
     return f"{100 * value:.0f}%" if key == "binding" else f"{value:.2f}"
 

@@ -12,7 +12,6 @@ def default_scheduler(flow_shift: float = RELEASE_FLOW_SHIFT) -> UniPCMultistepS
     )
 
 
-
 def make_scheduler(name: str, flow_shift: float = RELEASE_FLOW_SHIFT):
     """`unipc` (the release's sampler) or `euler` (flow-match Euler), both with shifted flow sigmas."""
     if name == "unipc":

@@ -269,7 +269,8 @@ def _corr(a, b) -> float:
     return float((a * b).sum() / denom) if denom > 0 else float("nan")
 
 
-def _finite_mean(values) -> float:
+def finite_mean(values) -> float:
+    """Mean of the finite values (None and NaN skipped); NaN when there are none."""
     values = [v for v in values if v is not None and np.isfinite(v)]
     return float(np.mean(values)) if values else float("nan")
 
@@ -311,7 +312,7 @@ def scene_metrics(frames: np.ndarray, scene) -> dict:
     lag = MOUTH_LAG_FRAMES
     envelope = np.asarray(scene.ground_truth["envelope"], np.float64)[:, :count]
     own = [_corr(mouth[i, lag:], envelope[i, :count - lag]) for i in range(n)]
-    other = [_finite_mean([_corr(mouth[i, lag:], envelope[j, :count - lag]) for j in range(n) if j != i])
+    other = [finite_mean([_corr(mouth[i, lag:], envelope[j, :count - lag]) for j in range(n) if j != i])
              for i in range(n)]
 
     speaking = np.asarray(scene.ground_truth["speaking"], bool)[:, :count]
@@ -359,21 +360,17 @@ def _no_nan(value):
 
 def summarize_metrics(per_scene: list[dict]) -> dict:
     """Means over puppets and scenes (lip sync, Interactivity), binding pooled over moments."""
-    def mean(values):
-        values = [v for v in values if v is not None and np.isfinite(v)]
-        return float(np.mean(values)) if values else None
-
     moments = sum(s["binding_moments"] for s in per_scene)
-    return {
+    return _no_nan({
         "scenes": len(per_scene),
-        "lip_own": mean([v for s in per_scene for v in s["lip_own"]]),
-        "lip_other": mean([v for s in per_scene for v in s["lip_other"]]),
+        "lip_own": finite_mean([v for s in per_scene for v in s["lip_own"]]),
+        "lip_other": finite_mean([v for s in per_scene for v in s["lip_other"]]),
         "binding": sum(s["binding_wins"] for s in per_scene) / moments if moments else None,
         "binding_moments": moments,
-        "interactivity": mean([s["interactivity"] for s in per_scene]),
+        "interactivity": finite_mean([s["interactivity"] for s in per_scene]),
         "interactivity_failed": sum(s["interactivity"] is None for s in per_scene),
-        "landmarks_missing": mean([s["landmarks_missing"] for s in per_scene]),
-    }
+        "landmarks_missing": finite_mean([s["landmarks_missing"] for s in per_scene]),
+    })
 
 
 def evaluation_scenes(count: int, persons: int = 2, seed: int = 900_000, frames: int = 49) -> list:
@@ -743,13 +740,14 @@ def results_table(results: dict) -> str:
     main, ablations = results["evaluate"], results.get("ablations", {})
     lines = [f"Held-out two-puppet scenes ({main['stage2']['scenes']}, {main['stage2']['binding_moments']} "
              "one-speaker moments):", ""]
-    lines += table([("ground-truth renders", main["ground_truth"]),
-                    ("renders through the VAE", main["vae_reconstruction"]),
-                    ("puppets-tiny (stage 1 + stage 2)", main["stage2"]),
-                    ("its stage 1 alone (puppets-tiny-stage1)", main["stage1"])]
-                   + [row for name, summary in ablations.items()
-                      for row in [(label(name), summary["two"])]
-                      + ([(f"{label(name)}, its stage 1 alone", summary["stage1"])] if "stage1" in summary else [])])
+    rows = [("ground-truth renders", main["ground_truth"]), ("renders through the VAE", main["vae_reconstruction"]),
+            ("puppets-tiny (stage 1 + stage 2)", main["stage2"]),
+            ("its stage 1 alone (puppets-tiny-stage1)", main["stage1"])]
+    for name, summary in ablations.items():
+        rows.append((label(name), summary["two"]))
+        if "stage1" in summary:
+            rows.append((f"{label(name)}, its stage 1 alone", summary["stage1"]))
+    lines += table(rows)
     stage1, stage2, truth = (main[k]["interactivity"] for k in ("stage1", "stage2", "ground_truth"))
     if stage1 and stage2 and truth:
         lines += ["", f"Interactivity: stage 2 / stage 1 = {stage2 / stage1:.2f}x, stage 2 / ground truth = "
