@@ -35,17 +35,21 @@ from .audio_projection import AudioFrameProjector, AudioLatentFrameProjector
 AUDIO_ATTENTION_VARIANTS = ("fused", "separate")
 
 
-class Float64Timesteps(Timesteps):
-    """Wan's sinusoidal timestep features [cos | sin], computed in float64 as the release does.
+class Float32Timesteps(Timesteps):
+    """Wan's sinusoidal timestep features [cos | sin], computed in float32 as the release does.
 
-    In float32 the phase t * freq loses ~1e-5 at t ~ 1000, which shows in the output at 2e-5.
+    The release casts t to float32 and builds the frequencies 10000^(-k/half) from a float32
+    `arange(half) / half` (parity README §3.4); cos and sin of the float32 phase follow. This
+    matches the golden vectors at float32 noise; computing the phase in float64 is ~1e-5 off at
+    t near 1000.
     """
 
     def forward(self, timesteps: torch.Tensor) -> torch.Tensor:
         half = self.num_channels // 2
-        exponent = torch.arange(half, dtype=torch.float64, device=timesteps.device) / half
-        phase = timesteps.to(torch.float64)[:, None] * torch.pow(10000.0, -exponent)[None]
-        return torch.cat([phase.cos(), phase.sin()], dim=-1).float()
+        position = timesteps.to(torch.float32)
+        exponent = torch.arange(half, dtype=torch.float32, device=timesteps.device).div(half)
+        phase = torch.outer(position, torch.pow(10000, -exponent))
+        return torch.cat([phase.cos(), phase.sin()], dim=-1)
 
 
 class AnyTalkerTransformerBlock(nn.Module):
@@ -168,7 +172,7 @@ class AnyTalkerTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin
         self.condition_embedder = WanTimeTextImageEmbedding(
             dim=dim, time_freq_dim=freq_dim, time_proj_dim=dim * 6, text_embed_dim=text_dim, image_embed_dim=image_dim
         )
-        self.condition_embedder.timesteps_proj = Float64Timesteps(freq_dim, flip_sin_to_cos=True, downscale_freq_shift=0)
+        self.condition_embedder.timesteps_proj = Float32Timesteps(freq_dim, flip_sin_to_cos=True, downscale_freq_shift=0)
         # Face crops are CLIP-encoded like the reference image but get their own projector.
         self.face_embedder = WanImageEmbedding(face_dim, dim)
         projector_args = (audio_window, audio_layers, audio_channels, audio_hidden_dim, audio_tokens_per_frame)
