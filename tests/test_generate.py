@@ -19,6 +19,7 @@ from conftest import REPO_ROOT
 
 import anytalker.pipeline.pipeline_anytalker as pipeline_module
 from anytalker import cli
+from anytalker.pipeline import runner
 from anytalker.audio import load_audio
 from anytalker.faces import FaceBox
 from anytalker.pipeline import AnyTalkerPipeline
@@ -161,13 +162,13 @@ def assert_video(mp4, duration, fps=24, size=(32, 48)):
 def model_loads(monkeypatch):
     """Counts load_pipeline calls (the real loader still runs)."""
     calls = []
-    real = cli.load_pipeline
+    real = runner.load_pipeline
 
     def spy(*args, **kwargs):
         calls.append(args)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(cli, "load_pipeline", spy)
+    monkeypatch.setattr(runner, "load_pipeline", spy)
     return calls
 
 
@@ -177,7 +178,7 @@ def no_model(monkeypatch):
     def fail(*args, **kwargs):
         pytest.fail("load_pipeline was called: the input error must be reported before any model is loaded")
 
-    monkeypatch.setattr(cli, "load_pipeline", fail)
+    monkeypatch.setattr(runner, "load_pipeline", fail)
 
 
 # ------------------------------------------------------------------------------------------------

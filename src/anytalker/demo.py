@@ -18,9 +18,7 @@ Files, for `--out demo.mp4` (every name starts with the --out stem):
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -109,35 +107,3 @@ def _number(metrics: dict, key: str) -> str:
     if value is None or not math.isfinite(value):
         return "-"
     return f"{100 * value:.0f}%" if key == "binding" else f"{value:.2f}"
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Animates a fresh puppet scene with the bundled puppets-tiny model on the CPU and scores it."""
-    from .puppets.model import WeightsMissing
-
-    if args.steps < 1 or args.seconds <= 0:
-        print("error: --steps and --seconds must be positive", file=sys.stderr)
-        return 2
-    try:
-        run_demo(args.out, persons=args.persons, seed=args.seed, steps=args.steps, seconds=args.seconds,
-                 model=args.model, guidance_scale=args.guidance_scale, quiet=args.quiet)
-    except WeightsMissing as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
-
-
-def add_demo_parser(subparsers) -> argparse.ArgumentParser:
-    demo = subparsers.add_parser("demo", help=cmd_demo.__doc__, description=cmd_demo.__doc__)
-    demo.add_argument("--out", default="demo.mp4", help="output video (default demo.mp4); the scene's inputs "
-                                                        "and metrics are written next to it")
-    demo.add_argument("--persons", type=int, choices=[1, 2, 3], default=2,
-                      help="puppets in the scene (default 2; the model was trained on 1 and 2)")
-    demo.add_argument("--seed", type=int, default=None, help="scene seed (default: a random one, printed)")
-    demo.add_argument("--seconds", type=float, default=2.0, help="scene length (default 2, the training length)")
-    demo.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
-    demo.add_argument("--guidance-scale", type=float, default=1.0, help="default 1 (no guidance, as trained)")
-    demo.add_argument("--model", default=None, help="pipeline folder (default: the bundled puppets-tiny)")
-    demo.add_argument("--quiet", action="store_true", help="print nothing")
-    demo.set_defaults(func=cmd_demo)
-    return demo

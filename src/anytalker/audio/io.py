@@ -22,7 +22,10 @@ import av
 import numpy as np
 import soxr
 
-__all__ = ["SILENCE_PEAK", "AudioError", "load_audio", "normalize_loudness", "resample"]
+__all__ = ["SAMPLE_RATE", "SILENCE_PEAK", "AudioError", "load_audio", "normalize_loudness", "resample"]
+
+# wav2vec2 listens at 16 kHz: every feature path (loading, alignment, activity, sync) works at it.
+SAMPLE_RATE = 16000
 
 # A track whose absolute peak stays below this is "silent": 1e-4 is -80 dBFS, about 3 LSB of 16-bit
 # PCM, i.e. digital silence plus dither. Real quiet tracks sit well above it: the benchmark's
@@ -73,7 +76,7 @@ def _no_audio_message(path: Path, container) -> str:
     return f"no audio stream in {path}: it holds only {streams}; pass a file with a speech track"
 
 
-def load_audio(path: str | os.PathLike, sample_rate: int = 16000, *, allow_silent: bool = False) -> np.ndarray:
+def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, *, allow_silent: bool = False) -> np.ndarray:
     """Any audio or video file -> float32 mono waveform [n] at `sample_rate` (16 kHz for wav2vec2).
 
     Channels are averaged (as the release's librosa.load does), resampling is soxr HQ. Raises
@@ -132,7 +135,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, *, allow_silen
     return resample(wave, source_rate, sample_rate)
 
 
-def normalize_loudness(wave: np.ndarray, sample_rate: int = 16000, target_lufs: float = -23.0) -> np.ndarray:
+def normalize_loudness(wave: np.ndarray, sample_rate: int = SAMPLE_RATE, target_lufs: float = -23.0) -> np.ndarray:
     """Scales a track to `target_lufs` integrated loudness (ITU-R BS.1770-4, via pyloudnorm).
 
     This is MultiTalk's per-track preprocessing (`loudness_norm`, -23 LUFS). BS.1770 gates out

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from transformers import Wav2Vec2Model
 
+from anytalker.audio.io import SAMPLE_RATE
 from anytalker.utils.checkpoints import CheckpointError
 
 __all__ = [
@@ -36,7 +37,7 @@ __all__ = [
     "window_features",
 ]
 
-WAV2VEC_SAMPLE_RATE = 16000
+WAV2VEC_SAMPLE_RATE = SAMPLE_RATE
 _WEIGHT_FILES = (
     "model.safetensors",
     "model.safetensors.index.json",

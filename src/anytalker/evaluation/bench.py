@@ -809,9 +809,8 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     bench.add_argument("--reevaluate", action="store_true", help="recompute every metric record")
     # Generation settings, as `anytalker generate`.
     bench.add_argument("--prompt", default="", help="text prompt for every case")
-    bench.add_argument("--negative-prompt", default=None, help="default: Wan2.1's negative prompt")
     bench.add_argument("--detector", help="face detector chain for the reference images (as generate)")
-    from ..cli import add_sampling_arguments
+    from ..cli.common import add_sampling_arguments
 
     add_sampling_arguments(bench)
     bench.add_argument("--quiet", action="store_true", help="no progress bars or messages (notices still print)")

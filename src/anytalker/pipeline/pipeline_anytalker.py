@@ -105,6 +105,16 @@ class AnyTalkerPipeline(DiffusionPipeline):
     def _device(self) -> torch.device:
         return self._execution_device
 
+    @property
+    def current_window(self) -> int:
+        """Index of the window being denoised (for step callbacks)."""
+        return getattr(self, "_current_window", 0)
+
+    @property
+    def num_windows(self) -> int:
+        """Windows of the current call (long audio is generated in several)."""
+        return getattr(self, "_num_windows", 1)
+
     def check_inputs(self, image: np.ndarray, audio: Sequence[np.ndarray], face_boxes: Sequence[FaceBox],
                      guidance_scale: float, max_frames_per_window: int, motion_frames: int) -> None:
         """Every input error, before any model runs."""
@@ -221,7 +231,9 @@ class AnyTalkerPipeline(DiffusionPipeline):
 
         video = []  # generated frames [3, F, H, W] in [-1, 1], window by window
         carried = None
+        self._num_windows = len(windows)
         for index, window in enumerate(windows):
+            self._current_window = index
             known = reference[:, :, None] if carried is None else carried[None]  # [1, 3, k, H, W]
             y_mask = mask_channels(expanded, window.length, latent_h, latent_w, known_frames=known.shape[2])[None]
             y = torch.cat([y_mask.to(device), reference_latents(self.vae, known.to(device), window.length)], dim=1)

@@ -33,11 +33,12 @@ CHECKPOINT_PREFIX = "checkpoint-"
 
 def load_components(config: Config) -> dict:
     """Pipeline components for training: frozen encoders and the transformer to train."""
-    from ..cli import load_pipeline
     from ..models import AnyTalkerTransformer
     from ..models.official_checkpoint import RELEASE_DIT_CONFIGS
+    from ..pipeline.runner import ModelSettings, build_pipeline
 
-    pipe, _ = load_pipeline(config.model.source, config.model.variant, "fp32", config.model.seed)
+    pipe = build_pipeline(ModelSettings(model=config.model.source, variant=config.model.variant, dtype="fp32",
+                                        seed=config.model.seed), device="cpu")
     components = dict(pipe.components)
     if config.model.transformer:
         components["transformer"] = AnyTalkerTransformer.from_pretrained(config.model.transformer)

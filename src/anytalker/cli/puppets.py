@@ -1,6 +1,6 @@
 """`anytalker puppets ...`: make synthetic clip sets, and check measurements against ground truth.
 
-Wire-up in anytalker/cli.py: `add_puppets_parser(sub)` next to the other subcommands.
+Registered by `anytalker.cli` (`add_parser`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 def _make_one(job: tuple) -> str:
     """One clip (a top-level function so worker processes can run it). Returns 'wrote' or 'skipped'."""
-    from .dataset import clip_name, clip_seed, make_scene, write_clip
+    from ..puppets.dataset import clip_name, clip_seed, make_scene, write_clip
 
     out, index, options = job
     folder = Path(out) / clip_name(options["seed"], options["persons"], index)
@@ -30,8 +30,8 @@ def cmd_make(args: argparse.Namespace) -> int:
     """Renders --clips puppet clips of --persons puppets into OUT, one folder per clip (see dataset.py)."""
     from tqdm import tqdm
 
-    from .dataset import frame_range
-    from .voice import espeak_available
+    from ..puppets.dataset import frame_range
+    from ..puppets.voice import espeak_available
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -84,8 +84,8 @@ def cmd_measure(args: argparse.Namespace) -> int:
     """Measures clip videos (or --video, e.g. a generated one) against the clips' ground truth."""
     from anytalker.video.io import read_video
 
-    from .dataset import load_clip
-    from .measure import agreement, measure_frames
+    from ..puppets.dataset import load_clip
+    from ..puppets.measure import agreement, measure_frames
 
     if args.video and len(args.clips) != 1:
         print("error: --video compares one video with one clip folder", file=sys.stderr)
@@ -115,7 +115,7 @@ def cmd_train_model(args: argparse.Namespace) -> int:
     # Before torch loads OpenMP: threads that sleep instead of spinning when they wait. On a
     # shared machine spinning threads of two jobs stall each other (measured here: 20x slower).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from .model import STEPS, train_puppets_model
+    from ..puppets.model import STEPS, train_puppets_model
 
     if args.until and args.until not in STEPS:
         print(f"error: --until must be one of {', '.join(STEPS)}", file=sys.stderr)
@@ -140,7 +140,7 @@ def cmd_evaluate_model(args: argparse.Namespace) -> int:
     """Scores a puppet model on held-out scenes: lip sync, binding, Interactivity (and the ground truth's)."""
     import json
 
-    from .model import WeightsMissing, evaluate_puppets_model, evaluation_scenes, load_pipeline
+    from ..puppets.model import WeightsMissing, evaluate_puppets_model, evaluation_scenes, load_pipeline
 
     try:
         pipe = load_pipeline(args.model)
@@ -158,7 +158,7 @@ def cmd_evaluate_model(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_puppets_parser(subparsers) -> argparse.ArgumentParser:
+def add_parser(subparsers) -> argparse.ArgumentParser:
     """Registers the `puppets` subcommands (make, measure, train-model, evaluate-model) on the main parser."""
     puppets = subparsers.add_parser("puppets", help="synthetic talking-puppet clips: make them, measure them")
     sub = puppets.add_subparsers(dest="puppets_command", required=True)

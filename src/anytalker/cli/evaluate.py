@@ -20,7 +20,7 @@ import math
 import sys
 from pathlib import Path
 
-__all__ = ["add_eval_parsers"]
+__all__ = ["add_parser"]
 
 
 def _print_json(obj) -> None:
@@ -53,9 +53,9 @@ def _fmt(value, digits: int = 4) -> str:
 def cmd_interactivity(args: argparse.Namespace) -> int:
     """Eye/eyebrow motion of listeners (AnyTalker's Interactivity) against speaker_duration.json."""
     from ..faces.detection import DetectorUnavailable
-    from .interactivity import InteractivityConfig, score_videos, summarize, video_files
-    from .landmarks import get_landmark_source
-    from .speakers import SpeakerLabelError, load_speaker_labels
+    from ..evaluation.interactivity import InteractivityConfig, score_videos, summarize, video_files
+    from ..evaluation.landmarks import get_landmark_source
+    from ..evaluation.speakers import SpeakerLabelError, load_speaker_labels
 
     if bool(args.video) == bool(args.dir):
         return _error("pass --video V.mp4 (repeatable) or --dir FOLDER")
@@ -99,12 +99,12 @@ def cmd_sync(args: argparse.Namespace) -> int:
     from ..audio import AudioError, load_audio, resample, speaking_intervals
     from ..faces.detection import DetectorUnavailable
     from ..video.io import read_video
-    from .landmarks import get_landmark_source
-    from .speakers import SpeakerLabelError, labels_for_video, load_speaker_labels
-    from .sync import SAMPLE_RATE, evaluate_sync
-    from .syncnet import load_syncnet
-    from .tracking import track_faces
-    from .weights import MissingWeightsError
+    from ..evaluation.landmarks import get_landmark_source
+    from ..evaluation.speakers import SpeakerLabelError, labels_for_video, load_speaker_labels
+    from ..evaluation.sync import SAMPLE_RATE, evaluate_sync
+    from ..evaluation.syncnet import load_syncnet
+    from ..evaluation.tracking import track_faces
+    from ..evaluation.weights import MissingWeightsError
 
     try:
         model = load_syncnet(args.syncnet)
@@ -161,7 +161,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 def _media(folder: str) -> tuple[list[Path], list[Path]]:
-    from .interactivity import VIDEO_SUFFIXES
+    from ..evaluation.interactivity import VIDEO_SUFFIXES
 
     path = Path(folder)
     files = [path] if path.is_file() else sorted(p for p in path.iterdir() if not p.name.startswith(".")) \
@@ -189,8 +189,8 @@ def _frames(folder: str, stride: int):
 
 def cmd_fid(args: argparse.Namespace) -> int:
     """FID between two folders of images / videos (pytorch-fid's Inception-v3, user-supplied weights)."""
-    from .fid import fid_from_features, inception_features, load_fid_inception
-    from .weights import MissingWeightsError
+    from ..evaluation.fid import fid_from_features, inception_features, load_fid_inception
+    from ..evaluation.weights import MissingWeightsError
 
     try:
         model = load_fid_inception(args.inception)
@@ -215,9 +215,9 @@ def cmd_fid(args: argparse.Namespace) -> int:
 def cmd_fvd(args: argparse.Namespace) -> int:
     """FVD between two folders of videos (I3D TorchScript, user-supplied)."""
     from ..video.io import read_video
-    from .fid import fid_from_features
-    from .fvd import i3d_features, load_i3d, video_clips
-    from .weights import MissingWeightsError
+    from ..evaluation.fid import fid_from_features
+    from ..evaluation.fvd import i3d_features, load_i3d, video_clips
+    from ..evaluation.weights import MissingWeightsError
 
     try:
         model = load_i3d(args.i3d)
@@ -247,10 +247,10 @@ def cmd_id(args: argparse.Namespace) -> int:
     """Identity similarity: first frame vs the rest (and vs the reference image), per person."""
     from ..faces.detection import DetectorUnavailable, load_image
     from ..video.io import read_video
-    from .identity import ArcFaceONNX, DlibFaceEmbedder, identity_scores
-    from .landmarks import DlibLandmarks
-    from .tracking import track_faces
-    from .weights import MissingWeightsError
+    from ..evaluation.identity import ArcFaceONNX, DlibFaceEmbedder, identity_scores
+    from ..evaluation.landmarks import DlibLandmarks
+    from ..evaluation.tracking import track_faces
+    from ..evaluation.weights import MissingWeightsError
 
     try:
         embedder = ArcFaceONNX(args.arcface) if args.embedder == "arcface" else DlibFaceEmbedder()
@@ -277,7 +277,7 @@ def cmd_id(args: argparse.Namespace) -> int:
     return 0 if report["vs_first"] is not None or report["vs_reference"] is not None else 1
 
 
-def add_eval_parsers(subparsers) -> argparse.ArgumentParser:
+def add_parser(subparsers) -> argparse.ArgumentParser:
     """Registers `eval` and its subcommands on the main parser's subparsers; returns the `eval` parser."""
     evaluation = subparsers.add_parser("eval", help="evaluation metrics (interactivity, sync, fid, fvd, id)",
                                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

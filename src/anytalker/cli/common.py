@@ -1,0 +1,79 @@
+"""What the subcommands share: error printing, the model and sampling flags, and turning parsed
+flags into the library's settings objects (`anytalker.pipeline.settings`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..pipeline.settings import (
+    DTYPES,
+    SCHEDULERS,
+    VARIANTS,
+    InputSettings,
+    ModelSettings,
+    SamplingSettings,
+    flag_label,
+    parse_size,
+)
+
+
+def error(message: str, code: int = 2) -> int:
+    """Prints `error: message` to stderr; returns the exit code (2: bad input)."""
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="checkpoints",
+                        help="release folder, converted diffusers folder, random-tiny or puppets-tiny "
+                             "(default: ./checkpoints)")
+    parser.add_argument("--variant", choices=VARIANTS, default="1.3B", help="DiT of a release folder")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bf16 on GPU, fp32 on CPU")
+    parser.add_argument("--cpu-offload", action="store_true", help="keep idle components in CPU memory")
+    parser.add_argument("--scheduler", choices=SCHEDULERS, default="unipc",
+                        help="unipc: the release's UniPC with flow sigmas; euler: flow-match Euler")
+    parser.add_argument("--flow-shift", type=float, default=None, help="sigma shift (default 3.0, the release's at 480p)")
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    """Model and sampling options shared by `generate` and `bench`."""
+    add_model_arguments(parser)
+    parser.add_argument("--size", help="HxW in pixels, multiples of 16 (default: the image's aspect at 480x832 "
+                                       "area; random-tiny: 32x48 area)")
+    parser.add_argument("--fps", type=int, default=24)
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default 40; random-tiny 4; "
+                                                                "puppets-tiny 20)")
+    parser.add_argument("--guidance-scale", type=float, default=None,
+                        help="default 4.5 (puppets-tiny: 1, it was trained without an unconditional branch)")
+    parser.add_argument("--audio-guidance-scale", type=float, default=None,
+                        help="separate audio scale (3 passes per step); default: one scale, as released")
+    parser.add_argument("--max-frames-per-window", type=int, default=None, help="longest window (4n+1, default 81)")
+    parser.add_argument("--motion-frames", type=int, default=5, help="frames carried into the next window (4n+1)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--negative-prompt", default=None, help="default: Wan2.1's negative prompt")
+
+
+def model_settings(args: argparse.Namespace) -> ModelSettings:
+    """ModelSettings from the flags, validated (SettingsError names the flag)."""
+    return ModelSettings(model=args.model, variant=args.variant, dtype=args.dtype, cpu_offload=args.cpu_offload,
+                         scheduler=args.scheduler, flow_shift=args.flow_shift, seed=args.seed).validate(flag_label)
+
+
+def sampling_settings(args: argparse.Namespace, model: ModelSettings) -> SamplingSettings:
+    """SamplingSettings from the flags with the model's defaults filled in, validated."""
+    from ..pipeline.runner import resolved_sampling
+
+    settings = SamplingSettings(
+        size=parse_size(args.size, "--size") if args.size else None, fps=args.fps, steps=args.steps,
+        guidance_scale=args.guidance_scale, audio_guidance_scale=args.audio_guidance_scale,
+        max_frames_per_window=args.max_frames_per_window, motion_frames=args.motion_frames, seed=args.seed,
+        negative_prompt=args.negative_prompt).validate(flag_label)
+    return resolved_sampling(model, settings).validate(flag_label)
+
+
+def input_settings(args: argparse.Namespace) -> InputSettings:
+    detectors = tuple(args.detector.split(",")) if getattr(args, "detector", None) else None
+    return InputSettings(order=getattr(args, "order", "left-to-right"), detectors=detectors,
+                         loudness_lufs=getattr(args, "loudness", None),
+                         separator=getattr(args, "separator", None)).validate(flag_label)
