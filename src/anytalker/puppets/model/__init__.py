@@ -53,15 +53,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..utils.atomic import atomic_directory, atomic_write, write_json_atomic
+from ...utils.atomic import atomic_directory, atomic_write, write_json_atomic
+from .cache import FPS, PuppetCache
 
-BUNDLED_WEIGHTS = Path(__file__).resolve().parent / "weights" / "puppets-tiny"
+BUNDLED_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "puppets-tiny"
 RETRAIN_HINT = ("build them with `anytalker puppets train-model runs/puppets --until export` (about 40 minutes "
                 "on 2 CPU cores) "
                 "and copy runs/puppets/puppets-tiny to {target}, or pass a model folder")
 STEPS = ("data", "vae", "base", "prepare", "stage1", "stage2", "export", "evaluate", "generalise", "ablations",
          "report")
-FPS = 24
 
 
 class WeightsMissing(FileNotFoundError):
@@ -70,7 +70,7 @@ class WeightsMissing(FileNotFoundError):
 
 def default_config_dir() -> Path:
     """configs/puppets of the source checkout this package runs from."""
-    return Path(__file__).resolve().parents[3] / "configs" / "puppets"
+    return Path(__file__).resolve().parents[4] / "configs" / "puppets"
 
 
 def load_recipe(config_dir: str | os.PathLike | None = None, quick: bool = False) -> dict:
@@ -111,8 +111,8 @@ def build_components(vae, transformer_config: dict, encoder_seed: int = 0) -> di
     + a fresh AnyTalkerTransformer (fused AFCA) with `transformer_config` on top of their widths."""
     import torch
 
-    from ..models import AnyTalkerTransformer
-    from ..pipeline.tiny import random_tiny_components
+    from ...models import AnyTalkerTransformer
+    from ...pipeline.tiny import random_tiny_components
 
     parts = random_tiny_components(encoder_seed)
     text_dim = parts["text_encoder"].config.d_model
@@ -133,7 +133,7 @@ def load_pipeline(path: str | os.PathLike | None = None):
     """The puppets-tiny pipeline (fp32, CPU) from `path` (default: the bundled weights)."""
     import torch
 
-    from ..pipeline import AnyTalkerPipeline
+    from ...pipeline import AnyTalkerPipeline
 
     folder = Path(path) if path else BUNDLED_WEIGHTS
     if not (folder / "model_index.json").is_file():
@@ -169,72 +169,6 @@ class _quiet_loading:
 
 
 # --------------------------------------------------------------------------------------------
-# Caching encodings for `prepare`
-# --------------------------------------------------------------------------------------------
-
-def _clip_id(src: Path, path: Path) -> str:
-    """prepare_dataset's name of a clip (kept in step with it)."""
-    return path.relative_to(src).with_suffix("").as_posix().replace("/", "_").replace(".", "_")
-
-
-class PuppetCache:
-    """`prepare_dataset`'s `encode` for puppet clips: what the trainer reads, computed once.
-
-    Compared with `ConditionEncoder.cache_entries` (generic clips):
-    - single-puppet samples get their half view only (stage 1 trains with single_view "half"), and
-      the face crop for CLIP is taken from that half view, the geometry it is used in;
-    - the wav2vec2 features are computed on each puppet's whole track and then cut to the sample's
-      frames, as generation computes them (whole-track normalisation and context; a track that is
-      silent for a whole sample is fine, where encoding the silent piece alone is an error).
-    """
-
-    def __init__(self, encoder, src: str | os.PathLike):
-        self.encoder = encoder
-        self.src = Path(src)
-        self.clips = {_clip_id(self.src, path): path for path in self.src.rglob("*.mp4")}
-        self._features: tuple[str, list] | None = None
-
-    def _track_features(self, source: str):
-        if self._features is None or self._features[0] != source:
-            import torch
-
-            from ..audio.io import load_audio
-
-            path = self.clips[source]
-            sidecar = json.loads(path.with_suffix(".json").read_text())
-            meta = json.loads((path.parent / "meta.json").read_text())
-            tracks = [load_audio(path.parent / name, 16000, allow_silent=True) for name in sidecar["audio"]]
-            self._features = (source, [self.encoder.audio(torch.from_numpy(t), fps=FPS, num_frames=meta["frames"])
-                                       for t in tracks])
-        return self._features[1]
-
-    def __call__(self, sample) -> dict:
-        from ..encoders.image import encode_clip_image
-        from ..encoders.vae import encode_video
-        from ..pipeline.pipeline_anytalker import reference_latents
-
-        enc, meta = self.encoder, sample.meta
-        frames = meta["frames"]
-        start = meta["segment"] * frames
-        cache = {"text": enc.text(meta.get("caption", ""))}
-        for i, features in enumerate(self._track_features(meta["source"])):
-            cache[f"audio.{i}"] = features[start:start + frames].float()
-        if sample.half_frames is not None:
-            half = enc._pixels(sample.half_frames)
-            cache["half.latents"] = encode_video(enc.vae, half)[0].float()
-            cache["half.ref_latents"] = reference_latents(enc.vae, half[:, :, :1], frames)[0].float()
-            cache["clip_face.0"] = enc.face_crops(half[:, :, 0], [meta["half_box"]])[0]
-        else:
-            pixels = enc._pixels(sample.frames)
-            cache["latents"] = encode_video(enc.vae, pixels)[0].float()
-            cache["ref_latents"] = reference_latents(enc.vae, pixels[:, :, :1], frames)[0].float()
-            cache["clip_image"] = encode_clip_image(enc.image_encoder, pixels[:, :, 0])[0].float()
-            for i, face in enumerate(enc.face_crops(pixels[:, :, 0], [p["box"] for p in meta["persons"]])):
-                cache[f"clip_face.{i}"] = face
-        return cache
-
-
-# --------------------------------------------------------------------------------------------
 # Generation and evaluation
 # --------------------------------------------------------------------------------------------
 
@@ -249,7 +183,7 @@ def generate_scene(pipe, scene, steps: int = 20, guidance_scale: float = 1.0, se
     """
     import torch
 
-    from ..faces.detection import square_box
+    from ...faces.detection import square_box
 
     height, width = scene.reference.shape[:2]
     boxes = [square_box(box, (height, width)) for box in scene.face_boxes]
@@ -299,11 +233,11 @@ def _one_speaker_moments(speaking: np.ndarray, min_frames: int = 4, max_frames: 
 def scene_metrics(frames: np.ndarray, scene) -> dict:
     """Lip sync, binding and Interactivity of a video of `scene` (generated, or scene.frames for the
     ground-truth render), all read from its pixels with the scene's face boxes."""
-    from ..evaluation.interactivity import score_tracks
-    from ..evaluation.speakers import SpeakerLabels
-    from ..evaluation.tracking import Tracks
-    from .behaviour import MOUTH_LAG_FRAMES
-    from .measure import measure_frames
+    from ...evaluation.interactivity import score_tracks
+    from ...evaluation.speakers import SpeakerLabels
+    from ...evaluation.tracking import Tracks
+    from ..behaviour import MOUTH_LAG_FRAMES
+    from ..measure import measure_frames
 
     frames = np.asarray(frames)[: scene.num_frames]
     n, count = scene.persons, frames.shape[0]
@@ -375,7 +309,7 @@ def summarize_metrics(per_scene: list[dict]) -> dict:
 
 def evaluation_scenes(count: int, persons: int = 2, seed: int = 900_000, frames: int = 49) -> list:
     """Held-out scenes: seeds seed, seed+1, ... (training clips use 53-bit hashed seeds)."""
-    from .dataset import make_scene
+    from ..dataset import make_scene
 
     return [make_scene(persons, seed + i, frames=frames) for i in range(count)]
 
@@ -397,7 +331,7 @@ def evaluate_puppets_model(pipe, scenes: Sequence, steps: int = 20, guidance_sca
         if pipe is None:
             frames = scene.frames
         elif reference == "vae":  # the renders through the model's VAE: what pixels it can show at best
-            from ..training.vae import reconstruct
+            from ...training.vae import reconstruct
 
             frames = reconstruct(pipe.vae, scene.frames)
         else:
@@ -436,7 +370,7 @@ class _State:
 def _make_clips(folder: Path, persons: int, count: int, seed: int, data: dict, progress: bool) -> None:
     from tqdm import tqdm
 
-    from .dataset import clip_name, clip_seed, make_scene, write_clip
+    from ..dataset import clip_name, clip_seed, make_scene, write_clip
 
     for index in tqdm(range(count), desc=f"clips ({persons} puppet{'s' if persons > 1 else ''})",
                       disable=not progress):
@@ -450,7 +384,7 @@ def _make_clips(folder: Path, persons: int, count: int, seed: int, data: dict, p
 
 def _clip_frames(folders: list[Path], face_weight: float):
     """(clips, weight maps) of clip folders: decoded video.mp4 frames, 1 + face_weight inside face boxes."""
-    from ..video.io import read_video
+    from ...video.io import read_video
 
     clips, weights = [], []
     for folder in folders:
@@ -467,8 +401,8 @@ def _clip_frames(folders: list[Path], face_weight: float):
 def vae_fidelity(vae, scenes) -> dict:
     """Reconstruction quality on scenes: PSNR and the mouth / eye-brow measurements of the
     reconstruction against those of the original render (pooled correlations)."""
-    from ..training.vae import psnr, reconstruct
-    from .measure import measure_frames
+    from ...training.vae import psnr, reconstruct
+    from ..measure import measure_frames
 
     values = {"psnr": [], "mouth_r": [], "mouth_r_gt": [], "landmarks_r": []}
     for scene in scenes:
@@ -483,7 +417,7 @@ def vae_fidelity(vae, scenes) -> dict:
 
 
 def _step_vae(out: Path, recipe: dict, progress: bool) -> dict:
-    from ..training.vae import (
+    from ...training.vae import (
         FrameSet,
         VAETrainSettings,
         estimate_latent_statistics,
@@ -509,7 +443,7 @@ def _step_vae(out: Path, recipe: dict, progress: bool) -> dict:
     set_latent_statistics(vae, mean, std)
     with atomic_directory(out / "vae") as partial:
         vae.save_pretrained(partial)
-    from .dataset import make_scene
+    from ..dataset import make_scene
 
     held_out = [make_scene(2, recipe["evaluation"]["seed"] + 10_000 + i, frames=recipe["evaluation"]["frames"])
                 for i in range(eval_scenes)]
@@ -522,7 +456,7 @@ def _step_vae(out: Path, recipe: dict, progress: bool) -> dict:
 def _step_base(out: Path, recipe: dict) -> dict:
     from diffusers import AutoencoderKLWan
 
-    from ..pipeline import AnyTalkerPipeline
+    from ...pipeline import AnyTalkerPipeline
 
     vae = AutoencoderKLWan.from_pretrained(out / "vae")
     model = recipe["model"]
@@ -532,8 +466,8 @@ def _step_base(out: Path, recipe: dict) -> dict:
 
 
 def _step_prepare(out: Path, recipe: dict, progress: bool) -> dict:
-    from ..training.examples import ConditionEncoder
-    from ..training.prepare import PrepareSettings, prepare_dataset
+    from ...training.examples import ConditionEncoder
+    from ...training.prepare import PrepareSettings, prepare_dataset
 
     pipe = load_pipeline(out / "base")
     encoder = ConditionEncoder(pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.image_encoder, pipe.audio_encoder,
@@ -577,7 +511,7 @@ def _step_train(out: Path, configs: dict, stage: str, progress: bool, run: Path 
 
     import yaml
 
-    from ..training.trainer import Trainer
+    from ...training.trainer import Trainer
 
     run = run or out
     config = _train_config(configs[stage], out, stage, run, start)
@@ -599,8 +533,8 @@ def _pipeline_with(out: Path, transformer_folder: Path):
     """OUT's base pipeline (VAE, encoders) with the transformer of `transformer_folder`."""
     import torch
 
-    from ..models import AnyTalkerTransformer
-    from ..pipeline import AnyTalkerPipeline
+    from ...models import AnyTalkerTransformer
+    from ...pipeline import AnyTalkerPipeline
 
     pipe = load_pipeline(out / "base")
     with _quiet_loading():
@@ -671,7 +605,7 @@ def _json_once(path: Path, make: Callable[[], dict]) -> dict:
 def _train_ablation(out: Path, run: Path, change: dict, stages: dict, progress: bool) -> dict:
     """Trains `stages` (configs) into `run`, from the base transformer with `change["transformer"]`
     config overrides when given; returns each stage's training summary."""
-    from ..models import AnyTalkerTransformer
+    from ...models import AnyTalkerTransformer
 
     start = None
     if change.get("transformer"):

@@ -1,0 +1,71 @@
+"""Caching encodings for `prepare`: `PuppetCache`, the `encode` of puppet clips (recipe step 4)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+FPS = 24
+
+
+def _clip_id(src: Path, path: Path) -> str:
+    """prepare_dataset's name of a clip (kept in step with it)."""
+    return path.relative_to(src).with_suffix("").as_posix().replace("/", "_").replace(".", "_")
+
+
+class PuppetCache:
+    """`prepare_dataset`'s `encode` for puppet clips: what the trainer reads, computed once.
+
+    Compared with `ConditionEncoder.cache_entries` (generic clips):
+    - single-puppet samples get their half view only (stage 1 trains with single_view "half"), and
+      the face crop for CLIP is taken from that half view, the geometry it is used in;
+    - the wav2vec2 features are computed on each puppet's whole track and then cut to the sample's
+      frames, as generation computes them (whole-track normalisation and context; a track that is
+      silent for a whole sample is fine, where encoding the silent piece alone is an error).
+    """
+
+    def __init__(self, encoder, src: str | os.PathLike):
+        self.encoder = encoder
+        self.src = Path(src)
+        self.clips = {_clip_id(self.src, path): path for path in self.src.rglob("*.mp4")}
+        self._features: tuple[str, list] | None = None
+
+    def _track_features(self, source: str):
+        if self._features is None or self._features[0] != source:
+            import torch
+
+            from ...audio.io import load_audio
+
+            path = self.clips[source]
+            sidecar = json.loads(path.with_suffix(".json").read_text())
+            meta = json.loads((path.parent / "meta.json").read_text())
+            tracks = [load_audio(path.parent / name, 16000, allow_silent=True) for name in sidecar["audio"]]
+            self._features = (source, [self.encoder.audio(torch.from_numpy(t), fps=FPS, num_frames=meta["frames"])
+                                       for t in tracks])
+        return self._features[1]
+
+    def __call__(self, sample) -> dict:
+        from ...encoders.image import encode_clip_image
+        from ...encoders.vae import encode_video
+        from ...pipeline.pipeline_anytalker import reference_latents
+
+        enc, meta = self.encoder, sample.meta
+        frames = meta["frames"]
+        start = meta["segment"] * frames
+        cache = {"text": enc.text(meta.get("caption", ""))}
+        for i, features in enumerate(self._track_features(meta["source"])):
+            cache[f"audio.{i}"] = features[start:start + frames].float()
+        if sample.half_frames is not None:
+            half = enc._pixels(sample.half_frames)
+            cache["half.latents"] = encode_video(enc.vae, half)[0].float()
+            cache["half.ref_latents"] = reference_latents(enc.vae, half[:, :, :1], frames)[0].float()
+            cache["clip_face.0"] = enc.face_crops(half[:, :, 0], [meta["half_box"]])[0]
+        else:
+            pixels = enc._pixels(sample.frames)
+            cache["latents"] = encode_video(enc.vae, pixels)[0].float()
+            cache["ref_latents"] = reference_latents(enc.vae, pixels[:, :, :1], frames)[0].float()
+            cache["clip_image"] = encode_clip_image(enc.image_encoder, pixels[:, :, 0])[0].float()
+            for i, face in enumerate(enc.face_crops(pixels[:, :, 0], [p["box"] for p in meta["persons"]])):
+                cache[f"clip_face.{i}"] = face
+        return cache
