@@ -22,12 +22,11 @@ from functools import lru_cache
 
 import numpy as np
 
-from .io import resample
+from .io import SAMPLE_RATE, resample
 
 __all__ = ["VAD_METHODS", "speaking_intervals"]
 
 VAD_METHODS = ("auto", "silero", "energy")
-_RATE = 16000
 _HOP = 512  # samples per decision (32 ms): the chunk size Silero VAD v5+ requires at 16 kHz
 _LOCK = threading.Lock()  # the TorchScript model is stateful (recurrent state): one run at a time
 
@@ -68,7 +67,7 @@ def _silero_active(wave: np.ndarray, threshold: float) -> np.ndarray:
         torch.set_num_threads(1)
         try:
             model.reset_states()
-            probs = model.audio_forward(torch.from_numpy(wave), _RATE)[0].numpy()  # [ceil(n / 512)]
+            probs = model.audio_forward(torch.from_numpy(wave), SAMPLE_RATE)[0].numpy()  # [ceil(n / 512)]
         finally:
             torch.set_num_threads(threads)
     # Silero's own rule: speech starts at `threshold`, ends below `threshold - 0.15`.
@@ -99,7 +98,7 @@ def _hysteresis(score: np.ndarray, on: float, off: float) -> np.ndarray:
 
 
 def _to_intervals(active: np.ndarray, duration: float, min_speech_s: float, min_silence_s: float, pad_s: float):
-    hop_s = _HOP / _RATE
+    hop_s = _HOP / SAMPLE_RATE
     edges = np.flatnonzero(np.diff(np.concatenate([[0], active.astype(np.int8), [0]])))
     runs = [[start * hop_s, min(end * hop_s, duration)] for start, end in zip(edges[::2], edges[1::2])]
     merged: list[list[float]] = []
@@ -121,7 +120,7 @@ def _to_intervals(active: np.ndarray, duration: float, min_speech_s: float, min_
 
 def speaking_intervals(
     wave,
-    sample_rate: int = _RATE,
+    sample_rate: int = SAMPLE_RATE,
     *,
     method: str = "auto",
     threshold: float | None = None,
@@ -148,7 +147,7 @@ def speaking_intervals(
     if wave.size == 0:
         return []
     duration = wave.size / sample_rate
-    wave = resample(wave, sample_rate, _RATE)  # both detectors work on 16 kHz, 512-sample chunks
+    wave = resample(wave, sample_rate, SAMPLE_RATE)  # both detectors work on 16 kHz, 512-sample chunks
 
     if method == "auto":
         method = "silero" if _silero_available() else "energy"

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .io import SAMPLE_RATE, validate_waveform
+
 __all__ = ["ALIGN_MODES", "AlignedTracks", "align_tracks", "mix_tracks"]
 
 # User-facing names -> canonical mode; MultiTalk's names are accepted as aliases.
@@ -26,12 +28,8 @@ ALIGN_MODES = {"pad": "pad", "para": "pad", "concat": "concat", "add": "concat"}
 
 def _as_track(track, index: int) -> np.ndarray:
     """Validates one track with wav2vec's rules (1-D, float, non-empty, finite, not constant)."""
-    # Imported here: anytalker.encoders.wav2vec imports transformers (~4 s), which the CLI's
-    # argument parsing and the decode-only paths should not pay for.
-    from anytalker.encoders.wav2vec import _validated_waveform
-
     try:
-        return _validated_waveform(track).numpy()
+        return validate_waveform(track)
     except ValueError as error:
         raise ValueError(f"track {index}: {error}") from None
 
@@ -81,7 +79,7 @@ def align_tracks(
     mode: str = "pad",
     *,
     offsets_s: Sequence[float] | None = None,
-    sample_rate: int = 16000,
+    sample_rate: int = SAMPLE_RATE,
 ) -> AlignedTracks:
     """Places N mono tracks (same sample rate) on one timeline and returns N equal-length tracks.
 
@@ -134,7 +132,7 @@ def _moving_average(values: np.ndarray, width: int) -> np.ndarray:
     return (cumulative[width:] - cumulative[:-width]) / width
 
 
-def mix_tracks(tracks: Sequence, ceiling: float = 1.0, window_s: float = 0.02, sample_rate: int = 16000) -> np.ndarray:
+def mix_tracks(tracks: Sequence, ceiling: float = 1.0, window_s: float = 0.02, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """The soundtrack: the sum of the tracks (zero-padded to the longest), peak-limited to ±ceiling.
 
     Limiter: the gain each sample needs, g = min(1, ceiling / |sum|), is turned into a smooth gain

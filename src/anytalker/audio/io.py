@@ -22,7 +22,8 @@ import av
 import numpy as np
 import soxr
 
-__all__ = ["SAMPLE_RATE", "SILENCE_PEAK", "AudioError", "load_audio", "normalize_loudness", "resample"]
+__all__ = ["SAMPLE_RATE", "SILENCE_PEAK", "AudioError", "load_audio", "normalize_loudness", "resample",
+           "validate_waveform"]
 
 # wav2vec2 listens at 16 kHz: every feature path (loading, alignment, activity, sync) works at it.
 SAMPLE_RATE = 16000
@@ -38,6 +39,30 @@ _IMAGE_DEMUXERS = ("image2", "_pipe", "apng", "gif", "webp")
 
 class AudioError(ValueError):
     """An input track that cannot be used, with the reason in the message."""
+
+
+def validate_waveform(waveform) -> np.ndarray:
+    """A speaker track as float32 [n], or a ValueError saying why it cannot be one: not 1-D, empty,
+    not float, non-finite samples, or constant (normalisation would leave no speech at all).
+    Accepts numpy arrays, lists and CPU torch tensors; the checks wav2vec2's features rely on."""
+    if hasattr(waveform, "detach"):  # a torch tensor, without importing torch here
+        waveform = waveform.detach().cpu().numpy()
+    x = np.asarray(waveform)
+    if x.ndim != 1:
+        raise ValueError(f"waveform must be 1-D mono samples, got shape {tuple(x.shape)}: mix down or pick a "
+                         "channel first")
+    if x.size == 0:
+        raise ValueError("waveform is empty (0 samples)")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f"waveform must hold float samples, got dtype {x.dtype}")
+    x = x.astype(np.float32, copy=False)
+    bad = int((~np.isfinite(x)).sum())
+    if bad:
+        raise ValueError(f"waveform has {bad} non-finite samples (NaN or inf) out of {x.size}")
+    if bool((x == x[0]).all()):
+        what = "silent: all samples are zero" if x[0] == 0 else f"constant: all samples equal {float(x[0]):g}"
+        raise ValueError(f"waveform is {what} ({x.size} samples); a speaker track needs audible audio")
+    return x
 
 
 def resample(wave: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from transformers import Wav2Vec2Model
 
-from anytalker.audio.io import SAMPLE_RATE
+from anytalker.audio.io import SAMPLE_RATE, validate_waveform
 from anytalker.utils.checkpoints import CheckpointError
 
 __all__ = [
@@ -82,34 +82,13 @@ def window_features(hidden: torch.Tensor, radius: int = 2) -> torch.Tensor:
     return hidden[index]
 
 
-def _validated_waveform(waveform) -> torch.Tensor:
-    x = torch.as_tensor(waveform)
-    if x.ndim != 1:
-        raise ValueError(
-            f"waveform must be 1-D mono samples, got shape {tuple(x.shape)}: mix down or pick a channel first"
-        )
-    if x.numel() == 0:
-        raise ValueError("waveform is empty (0 samples)")
-    if not x.is_floating_point():
-        raise ValueError(f"waveform must hold float samples, got dtype {x.dtype}")
-    x = x.detach().to("cpu", torch.float32)
-    bad = int((~torch.isfinite(x)).sum())
-    if bad:
-        raise ValueError(f"waveform has {bad} non-finite samples (NaN or inf) out of {x.numel()}")
-    if bool((x == x[0]).all()):
-        # Normalisation would turn it into all zeros: the features would carry no speech at all.
-        what = "silent: all samples are zero" if x[0] == 0 else f"constant: all samples equal {x[0].item():g}"
-        raise ValueError(f"waveform is {what} ({x.numel()} samples); a speaker track needs audible audio")
-    return x
-
-
 def normalize_waveform(waveform) -> torch.Tensor:
     """Whole-utterance zero mean / unit variance in float32, as `Wav2Vec2FeatureExtractor(do_normalize=True)`.
 
     Population variance and eps 1e-7 inside the sqrt, no attention mask: the statistics are taken
     before the padding below, so the appended zeros are not normalised.
     """
-    x = _validated_waveform(waveform)
+    x = torch.from_numpy(validate_waveform(waveform).copy())
     return (x - x.mean()) / torch.sqrt(x.var(unbiased=False) + 1e-7)
 
 

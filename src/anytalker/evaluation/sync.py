@@ -29,12 +29,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..audio.io import SAMPLE_RATE  # SyncNet's MFCCs are taken at 16 kHz too
+
 __all__ = ["SYNCNET_FPS", "mfcc", "resample_indices", "syncnet_crop", "smooth_boxes", "window_count",
            "syncnet_embeddings", "offset_distances", "sync_scores", "interval_windows", "SyncScore",
            "SpeakerSync", "sync_c_star"]
 
 SYNCNET_FPS = 25
-SAMPLE_RATE = 16000
 VSHIFT = 15  # offsets searched: -15..+15 frames
 _SAMPLES_PER_FRAME = SAMPLE_RATE // SYNCNET_FPS  # 640
 _INT16_SCALE = 32768.0

@@ -30,13 +30,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..audio.io import SILENCE_PEAK, load_audio, resample
+from ..audio.io import SAMPLE_RATE, SILENCE_PEAK, load_audio, resample
 from ..faces.detection import FaceBox, detect_faces, select_faces, square_box
 from ..video.io import read_video
 from .shards import Sample, write_shard
 
 TRAIN_FPS = 24
-AUDIO_RATE = 16000
 
 
 class ClipRejected(Exception):
@@ -119,11 +118,11 @@ def prepare_clip(video_path: Path, settings: PrepareSettings, vad: Callable | No
         raise ClipRejected(f"too short: {len(frames)} frames at 24 fps, need {settings.frames}")
 
     if sidecar.get("audio"):
-        tracks = [load_audio(video_path.parent / path, AUDIO_RATE, allow_silent=True) for path in sidecar["audio"]]
+        tracks = [load_audio(video_path.parent / path, SAMPLE_RATE, allow_silent=True) for path in sidecar["audio"]]
     else:
         if data.audio is None:
             raise ClipRejected("no audio stream and no per-person tracks")
-        tracks = [resample(data.audio.mean(axis=0), data.sample_rate, AUDIO_RATE)]
+        tracks = [resample(data.audio.mean(axis=0), data.sample_rate, SAMPLE_RATE)]
     if max(float(np.abs(t).max(initial=0.0)) for t in tracks) < SILENCE_PEAK:
         raise ClipRejected("silent audio")
     count = len(tracks)
@@ -142,7 +141,7 @@ def prepare_clip(video_path: Path, settings: PrepareSettings, vad: Callable | No
     else:
         from ..audio.activity import speaking_intervals
 
-        speaking = [(vad or speaking_intervals)(track, AUDIO_RATE) for track in tracks]
+        speaking = [(vad or speaking_intervals)(track, SAMPLE_RATE) for track in tracks]
 
     full = _resize(frames, settings.height, settings.width)
     sx, sy = settings.width / src_w, settings.height / src_h
@@ -152,7 +151,7 @@ def prepare_clip(video_path: Path, settings: PrepareSettings, vad: Callable | No
     num = len(frames) // settings.frames
     if settings.max_samples_per_clip:
         num = min(num, settings.max_samples_per_clip)
-    per_frame = AUDIO_RATE / TRAIN_FPS
+    per_frame = SAMPLE_RATE / TRAIN_FPS
     for s in range(num):
         start, stop = s * settings.frames, (s + 1) * settings.frames
         t0, t1 = start / TRAIN_FPS, stop / TRAIN_FPS
