@@ -373,38 +373,6 @@ def test_release_batch(tmp_path, capsys, model_loads):
     assert len(sidecar(out_dir / "two.mp4")["faces"]["boxes"]) == 2
 
 
-@needs_examples
-def test_multitalk_batch_and_rerun(tmp_path, capsys, model_loads, monkeypatch, turns):
-    job = {"prompt": "two people talk", "cond_image": str(IMAGES / "2p-1.png"),
-           "cond_audio": {"person1": turns[0].name, "person2": turns[1].name}, "audio_type": "add",
-           "bbox": {"person1": [300, 200, 640, 520], "person2": [973, 290, 1242, 559]}}
-    batch = tmp_path / "job.json"
-    batch.write_text(json.dumps(job))
-    out_dir = tmp_path / "videos"
-    code, _, err = generate(capsys, "--batch", batch, "--out-dir", out_dir)
-    assert code == 0, err
-    out = out_dir / "job-0.mp4"
-    assert sorted(p.name for p in out_dir.iterdir()) == ["job-0.json", "job-0.mp4"]
-    assert_video(out, 1.25)  # "add": turns back to back, 0.5 + 0.75 s
-    meta = sidecar(out)
-    assert meta["audio"]["mode"] == "concat" and meta["task"]["prompt"] == "two people talk"
-    assert meta["faces"] == {"source": "user", "boxes": [[300, 190, 640, 530], [973, 290, 1242, 559]]}
-
-    # Existing outputs are skipped, without loading a model; --overwrite redoes them.
-    os.utime(out, (1_000_000, 1_000_000))
-    monkeypatch.setattr(cli, "load_pipeline", lambda *a, **k: pytest.fail("a skipped batch must not load a model"))
-    code = cli.main(["generate", "--model", "random-tiny", "--batch", str(batch), "--out-dir", str(out_dir)])
-    assert code == 0
-    assert f"skip job-0: {out} exists" in capsys.readouterr().out
-    assert out.stat().st_mtime == 1_000_000
-
-    monkeypatch.undo()
-    code, _, err = generate(capsys, "--batch", batch, "--out-dir", out_dir, "--overwrite")
-    assert code == 0, err
-    assert out.stat().st_mtime > 1_000_000
-    assert sorted(p.name for p in out_dir.iterdir()) == ["job-0.json", "job-0.mp4"]  # no temp files left
-
-
 # ------------------------------------------------------------------------------------------------
 # 6. input errors: exit 2, a specific message, no output, no model loaded
 # ------------------------------------------------------------------------------------------------
