@@ -16,6 +16,10 @@ def parity_dir() -> Path | None:
     return path if path.is_dir() else None
 
 
+def _absent_dir_reason() -> str:
+    return "parity vectors not found: expected ../shared/parity next to the repo or $ANYTALKER_PARITY_DIR"
+
+
 def parity_cases(prefix: str) -> list[Path]:
     """Every `<prefix>.case_*.safetensors` file; an empty list when the directory is absent."""
     root = parity_dir()
@@ -25,19 +29,52 @@ def parity_cases(prefix: str) -> list[Path]:
 def require_parity_dir() -> Path:
     root = parity_dir()
     if root is None:
-        pytest.skip(
-            "parity vectors not found: expected ../shared/parity next to the repo or $ANYTALKER_PARITY_DIR"
-        )
+        pytest.skip(_absent_dir_reason())
     return root
 
 
-def parity_params(prefix: str) -> list:
-    """pytest params for every golden case of a model; one skipped param when none are found."""
+def parity_file(name: str) -> Path:
+    """The golden file `name`; the test is skipped, naming the file, when it is absent."""
+    root = require_parity_dir()
+    path = root / name
+    if not path.is_file():
+        pytest.skip(f"parity file {name} not found in {root}")
+    return path
+
+
+def parity_json(name: str) -> dict:
+    """A golden JSON file (a `<family>.config.json`, a manifest, the latent stats); skipped if absent."""
+    import json
+
+    return json.loads(parity_file(name).read_text())
+
+
+def case_meta(path: Path) -> dict:
+    """The `meta` JSON of a case file's safetensors header, without reading a tensor."""
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return json.loads((handle.metadata() or {}).get("meta", "{}"))
+
+
+def parity_params(prefix: str, select=None, what: str = "") -> list:
+    """pytest params for every golden case of a model (ids `<prefix>.case_N`); one skipped param
+    naming the missing files when none are found.
+
+    `select(meta) -> bool` keeps only the cases whose metadata qualifies; `what` then says how in
+    the skip reason ("needing padding" -> "no wav2vec_tiny.case_*.safetensors needing padding in DIR").
+    """
     cases = parity_cases(prefix)
+    if select is not None:
+        cases = [path for path in cases if select(case_meta(path))]
     if cases:
-        return [pytest.param(path, id=path.name.split(".")[1]) for path in cases]
-    reason = f"no {prefix}.case_*.safetensors: parity vectors absent (../shared/parity or $ANYTALKER_PARITY_DIR)"
-    return [pytest.param(None, id="absent", marks=pytest.mark.skip(reason=reason))]
+        return [pytest.param(path, id=path.name.removesuffix(".safetensors")) for path in cases]
+    root = parity_dir()
+    pattern = f"{prefix}.case_*.safetensors" + (f" {what}" if what else "")
+    reason = f"no {pattern} in {root}" if root else f"no {pattern}: {_absent_dir_reason()}"
+    return [pytest.param(None, id=f"{prefix}-absent", marks=pytest.mark.skip(reason=reason))]
 
 
 def make_tiny_tokenizer(path):

@@ -1,10 +1,8 @@
 """CLIP vision encoder: golden-vector parity, full-size manifest, loader errors, key skipping."""
 
-import json
-
 import pytest
 import torch
-from conftest import parity_params, require_parity_dir
+from conftest import parity_file, parity_json, parity_params, require_parity_dir
 from safetensors.torch import load_file, save_file
 
 from anytalker.encoders.image import (
@@ -23,9 +21,14 @@ DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch
 
 @pytest.fixture(scope="module")
 def tiny():
-    root = require_parity_dir()
-    config = json.loads((root / "clip_vision_tiny.config.json").read_text())
-    return load_release_clip_vision(root), config
+    config = parity_json("clip_vision_tiny.config.json")
+    parity_file("clip_vision_tiny.weights.safetensors")
+    return load_release_clip_vision(require_parity_dir()), config
+
+
+def _num_tokens(config):
+    """Class token + one per patch of the square input."""
+    return (config["image_size"] // config["patch_size"]) ** 2 + 1
 
 
 @pytest.mark.parametrize("case", parity_params("clip_vision_tiny"))
@@ -44,24 +47,26 @@ def test_parity(tiny, case):
 
 
 def test_default_load_is_fp16(tiny):
-    root = require_parity_dir()
-    model = load_clip_vision(root / "clip_vision_tiny.weights.safetensors", config=tiny[1])
+    config = tiny[1]
+    model = load_clip_vision(parity_file("clip_vision_tiny.weights.safetensors"), config=config)
     assert {p.dtype for p in model.parameters()} == {torch.float16}
     out = encode_clip_image(model, torch.rand(2, 3, 30, 50) * 2 - 1)
-    assert out.dtype == torch.float16 and out.shape == (2, 10, 32)
+    assert out.dtype == torch.float16 and out.shape == (2, _num_tokens(config), config["dim"])
 
 
 def test_manifest_fits_full_size_model():
-    root = require_parity_dir()
-    manifest = json.loads((root / "manifest_clip_visual_vit_h_14.json").read_text())
+    manifest = parity_json("manifest_clip_visual_vit_h_14.json")
     state = {k["name"]: torch.empty(k["shape"], dtype=DTYPES[k["dtype"]], device="meta") for k in manifest["keys"]}
     # The real file also holds the text tower and the temperature: skipped on purpose.
     state["textual.token_embedding.weight"] = torch.empty(514, 1024, device="meta")
     state["log_scale"] = torch.empty((), device="meta")
     model = clip_vision_from_state_dict(state)  # default config = ViT-H/14; strict: all covered
-    head = 1280 * 1024  # visual.head, the only visual key without a CLIPVisionModel module
+    shapes = {k["name"]: k["shape"] for k in manifest["keys"]}
+    head = torch.Size(shapes["visual.head"]).numel()  # the only visual key without a CLIPVisionModel module
     assert sum(p.numel() for p in model.parameters()) == manifest["num_elements"] - head
-    assert model.embeddings.position_embedding.weight.shape == (257, 1280) and len(model.encoder.layers) == 32
+    layers = len({name.split(".")[2] for name in shapes if name.startswith("visual.transformer.")})
+    assert list(model.embeddings.position_embedding.weight.shape) == shapes["visual.pos_embedding"][1:]
+    assert len(model.encoder.layers) == layers
 
 
 def test_missing_file_names_path(tmp_path):
@@ -71,10 +76,10 @@ def test_missing_file_names_path(tmp_path):
 
 
 def test_wrong_shape_raises(tiny, tmp_path):
-    root = require_parity_dir()
-    state = load_file(str(root / "clip_vision_tiny.weights.safetensors"))
-    state["visual.transformer.1.attn.to_qkv.weight"] = torch.zeros(95, 32)  # not 3 x dim rows
-    state["visual.pos_embedding"] = torch.zeros(1, 11, 32)
+    dim = tiny[1]["dim"]
+    state = load_file(str(parity_file("clip_vision_tiny.weights.safetensors")))
+    state["visual.transformer.0.attn.to_qkv.weight"] = torch.zeros(3 * dim - 1, dim)  # not 3 x dim rows
+    state["visual.pos_embedding"] = torch.zeros(1, _num_tokens(tiny[1]) + 1, dim)
     path = tmp_path / "bad.safetensors"
     save_file(state, str(path))
     with pytest.raises(CheckpointError, match=r"to_qkv\.weight\[v\].*") as error:
@@ -83,8 +88,7 @@ def test_wrong_shape_raises(tiny, tmp_path):
 
 
 def test_only_known_prefixes_are_skipped(tiny, tmp_path):
-    root = require_parity_dir()
-    state = dict(load_file(str(root / "clip_vision_tiny.weights.safetensors")))
+    state = dict(load_file(str(parity_file("clip_vision_tiny.weights.safetensors"))))
     state["textual.head.weight"] = torch.zeros(2, 2)
     state["log_scale"] = torch.zeros(())
     torch.save(state, tmp_path / "clip.pth")  # the release's format, text tower included

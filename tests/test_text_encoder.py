@@ -1,10 +1,8 @@
 """umT5 encoder: golden-vector parity, full-size manifest, loader errors, prompt path."""
 
-import json
-
 import pytest
 import torch
-from conftest import load_case, make_tiny_tokenizer, parity_params, require_parity_dir
+from conftest import load_case, make_tiny_tokenizer, parity_file, parity_json, parity_params, require_parity_dir
 from safetensors.torch import load_file, save_file
 
 from anytalker.encoders.text import (
@@ -24,9 +22,9 @@ DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch
 
 @pytest.fixture(scope="module")
 def tiny():
-    root = require_parity_dir()
-    config = json.loads((root / "t5_tiny.config.json").read_text())
-    return load_release_t5(root), config
+    config = parity_json("t5_tiny.config.json")
+    parity_file("t5_tiny.weights.safetensors")
+    return load_release_t5(require_parity_dir()), config
 
 
 @pytest.mark.parametrize("case", parity_params("t5_tiny"))
@@ -43,22 +41,22 @@ def test_parity(tiny, case):
 
 
 def test_default_load_is_bf16_and_tied(tiny):
-    root = require_parity_dir()
-    model = load_umt5_encoder(root / "t5_tiny.weights.safetensors", config=tiny[1])
+    model = load_umt5_encoder(parity_file("t5_tiny.weights.safetensors"), config=tiny[1])
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert model.encoder.embed_tokens is model.shared  # one table, as in the file
     assert not any(p.requires_grad for p in model.parameters())
 
 
 def test_manifest_fits_full_size_model():
-    root = require_parity_dir()
-    manifest = json.loads((root / "manifest_t5_umt5_xxl_encoder.json").read_text())
+    manifest = parity_json("manifest_t5_umt5_xxl_encoder.json")
     # Meta tensors stand in for the real 11 GB file: the same rename / strict shape-checked load
     # runs, and any uncovered parameter or unplaced key raises.
     state = {k["name"]: torch.empty(k["shape"], dtype=DTYPES[k["dtype"]], device="meta") for k in manifest["keys"]}
     model = umt5_from_state_dict(state)  # default config = umT5-XXL
     assert sum(p.numel() for p in model.parameters()) == manifest["num_elements"]
-    assert model.shared.weight.shape == (256384, 4096) and len(model.encoder.block) == 24
+    shapes = {k["name"]: tuple(k["shape"]) for k in manifest["keys"]}
+    layers = len({name.split(".")[1] for name in shapes if name.startswith("blocks.")})
+    assert model.shared.weight.shape == shapes["token_embedding.weight"] and len(model.encoder.block) == layers
 
 
 def test_missing_file_names_path(tmp_path):
@@ -68,20 +66,22 @@ def test_missing_file_names_path(tmp_path):
 
 
 def test_wrong_shape_raises(tiny, tmp_path):
-    root = require_parity_dir()
-    state = load_file(str(root / "t5_tiny.weights.safetensors"))
-    state["blocks.1.attn.q.weight"] = torch.zeros(32, 31)
+    state = load_file(str(parity_file("t5_tiny.weights.safetensors")))
+    last = f"blocks.{tiny[1]['num_layers'] - 1}.attn.q.weight"
+    rows, cols = state[last].shape
+    state[last] = torch.zeros(rows, cols - 1)
     path = tmp_path / "bad.safetensors"
     save_file(state, str(path))
-    with pytest.raises(CheckpointError, match=r"blocks\.1\.attn\.q\.weight") as error:
+    with pytest.raises(CheckpointError, match=last.replace(".", r"\.")) as error:
         load_umt5_encoder(path, config=tiny[1])
     assert str(path) in str(error.value)
 
 
 def test_unexpected_and_shared_pos_rejected(tiny):
-    root = require_parity_dir()
-    state = dict(load_file(str(root / "t5_tiny.weights.safetensors")))
-    state["pos_embedding.embedding.weight"] = torch.zeros(32, 2)  # a shared_pos=True file
+    config = tiny[1]
+    state = dict(load_file(str(parity_file("t5_tiny.weights.safetensors"))))
+    # a shared_pos=True file
+    state["pos_embedding.embedding.weight"] = torch.zeros(config["num_buckets"], config["num_heads"])
     with pytest.raises(CheckpointError, match="unexpected"):
         umt5_from_state_dict(state, config=tiny[1])
     with pytest.raises(ValueError, match="shared_pos"):
@@ -89,7 +89,8 @@ def test_unexpected_and_shared_pos_rejected(tiny):
 
 
 def test_prompt_path_pads_truncates_and_trims(tiny, tmp_path):
-    model, _ = tiny
+    model, config = tiny
+    dim = config["dim"]
     tokenizer = load_umt5_tokenizer(make_tiny_tokenizer(tmp_path / "umt5"))
     prompts = ["a man  and\n a woman talk", "the room", "a man and a woman talk in the room happily a man"]
 
@@ -100,7 +101,7 @@ def test_prompt_path_pads_truncates_and_trims(tiny, tmp_path):
     assert batch["input_ids"][2, -1].item() == 1  # truncation keeps the final </s>
 
     features = encode_prompts(model, tokenizer, prompts, max_length=8)
-    assert [tuple(f.shape) for f in features] == [(7, 32), (3, 32), (8, 32)]
+    assert [tuple(f.shape) for f in features] == [(7, dim), (3, dim), (8, dim)]
     with torch.no_grad():
         full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     for b, f in enumerate(features):

@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import load_case, parity_params, require_parity_dir
+from conftest import load_case, parity_file, parity_json, parity_params, require_parity_dir
 from safetensors.torch import load_file, save_file
 from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 
@@ -30,17 +30,28 @@ TOL = TOLERANCE  # README §2; float32 noise is ~3e-6, a semantic error is > 1e-
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
     """The golden tiny model laid out as a transformers folder, for the loader tests."""
-    root = require_parity_dir()
+    config, weights = parity_file("wav2vec_tiny.config.json"), parity_file("wav2vec_tiny.weights.safetensors")
     folder = tmp_path_factory.mktemp("wav2vec_tiny")
-    shutil.copy(root / "wav2vec_tiny.config.json", folder / "config.json")
-    shutil.copy(root / "wav2vec_tiny.weights.safetensors", folder / "model.safetensors")
+    shutil.copy(config, folder / "config.json")
+    shutil.copy(weights, folder / "model.safetensors")
     return folder
 
 
 @pytest.fixture(scope="module")
 def encoder():
     """The tiny model as `anytalker parity` loads it (through load_wav2vec2)."""
+    parity_file("wav2vec_tiny.config.json"), parity_file("wav2vec_tiny.weights.safetensors")
     return load_release_wav2vec(require_parity_dir())
+
+
+@pytest.fixture(scope="module")
+def tiny_config():
+    return parity_json("wav2vec_tiny.config.json")
+
+
+def _feature_shape(frames, encoder, config):
+    """[frames, window, layers, hidden] of what the DiT receives."""
+    return frames, 2 * encoder.window_radius + 1, config["num_hidden_layers"], config["hidden_size"]
 
 
 def _max_diff(a, b):
@@ -63,6 +74,10 @@ def test_parity(case_path, encoder):
 
     case, meta = load_case(case_path)
     assert int(case["F"]) == meta["F"] and int(case["audio_length"]) == meta["audio_length"]
+    fps, samples, rate = int(case["fps"]), meta["num_samples"], meta["sample_rate"]
+    assert case["waveform"].numel() == samples
+    assert video_frame_count(samples, rate, fps) == meta["F"]
+    assert audio_frame_count(samples, rate, fps) == meta["audio_length_before_pad"]
     outputs = wav2vec_case_outputs(encoder, case)
     assert outputs["input_values_padded"].numel() == meta["num_samples"] + meta["pad_samples"]
     assert outputs["cnn_features"].shape[0] == meta["cnn_frames"]
@@ -71,30 +86,35 @@ def test_parity(case_path, encoder):
     assert torch.equal(encoder(case["waveform"]), outputs["expected"])
 
 
-def test_padding_quirk_matters(encoder):
-    """case_2 (3 s -> 72 frames, F = 69) is padded to 2F = 138; without the quirk the numbers change."""
-    root = require_parity_dir()
-    case, _ = load_case(root / "wav2vec_tiny.case_2.safetensors")
-    plain = AudioFeatureEncoder(encoder.model, official_padding=False).trace(case["waveform"])
-    assert (plain.num_frames, plain.audio_length) == (69, 72)
-    assert plain.input_values_padded.numel() == 48000
-    assert plain.features.shape == (69, 5, 2, 32)
+@pytest.mark.parametrize("case_path", parity_params("wav2vec_tiny", select=lambda meta: meta["pad_samples"] > 0,
+                                                   what="needing padding"))
+def test_padding_quirk_matters(case_path, encoder, tiny_config):
+    """A case whose audio_length is not a multiple of F (e.g. 3 s -> 72 frames, F = 69) is padded to
+    the next multiple (138); without the quirk the numbers change."""
+    case, meta = load_case(case_path)
+    plain = AudioFeatureEncoder(encoder.model, official_padding=False).trace(case["waveform"], fps=int(case["fps"]))
+    assert (plain.num_frames, plain.audio_length) == (meta["F"], meta["audio_length_before_pad"])
+    assert plain.input_values_padded.numel() == meta["num_samples"]
+    assert plain.features.shape == _feature_shape(meta["F"], encoder, tiny_config)
     assert _max_diff(plain.features, case["expected"]) > 1e-3
 
 
-def test_num_frames_override_pads_to_it(encoder):
+@pytest.mark.parametrize("case_path", parity_params("wav2vec_tiny"))
+def test_num_frames_override_pads_to_it(case_path, encoder, tiny_config):
     """With several tracks F comes from the longest one: a shorter track is padded up to F frames."""
-    root = require_parity_dir()
-    case, _ = load_case(root / "wav2vec_tiny.case_1.safetensors")  # 49 frames of audio
-    trace = encoder.trace(case["waveform"], num_frames=53)
-    assert (trace.num_frames, trace.audio_length) == (53, 53)
-    assert trace.input_values_padded.numel() == 32666 + 4 * 666
-    assert trace.features.shape == (53, 5, 2, 32)
+    case, meta = load_case(case_path)
+    fps, frames = int(case["fps"]), meta["F"] + 4  # the next 4n+1 frame count, past this track's audio_length
+    audio_length = meta["audio_length_before_pad"]
+    assert frames > audio_length
+    trace = encoder.trace(case["waveform"], fps=fps, num_frames=frames)
+    assert (trace.num_frames, trace.audio_length) == (frames, frames)
+    assert trace.input_values_padded.numel() == meta["num_samples"] + (frames - audio_length) * (meta["sample_rate"] // fps)
+    assert trace.features.shape == _feature_shape(frames, encoder, tiny_config)
     with pytest.raises(ValueError, match="exceeds"):
-        AudioFeatureEncoder(encoder.model, official_padding=False).trace(case["waveform"], num_frames=53)
+        AudioFeatureEncoder(encoder.model, official_padding=False).trace(case["waveform"], fps=fps, num_frames=frames)
 
 
-def test_inference_mode_and_no_grad(encoder):
+def test_inference_mode_and_no_grad(encoder, tiny_config):
     wave = torch.randn(8000, generator=torch.Generator().manual_seed(0))
     ref = encoder(wave)
     with torch.inference_mode():
@@ -103,7 +123,8 @@ def test_inference_mode_and_no_grad(encoder):
         assert torch.equal(encoder(wave), ref)
     encoder.model.train()  # dropout/LayerDrop would make this nondeterministic; trace forces eval
     assert torch.equal(encoder(wave), ref) and not encoder.model.training
-    assert not ref.requires_grad and ref.shape == (video_frame_count(8000), 5, 2, 32) == (9, 5, 2, 32)
+    assert video_frame_count(8000) == 9  # 0.5 s at 24 fps: 12 frames -> 4*2+1
+    assert not ref.requires_grad and ref.shape == _feature_shape(9, encoder, tiny_config)
 
 
 # ---------------------------------------------------------------- loader
@@ -171,11 +192,12 @@ def test_weight_norm_convention(tiny_folder):
     assert _max_diff(model.encoder.pos_conv_embed.conv.weight, expected) < 1e-6
 
 
-def test_load_dtype(tiny_folder):
+def test_load_dtype(tiny_folder, tiny_config):
     model = load_wav2vec2(tiny_folder, dtype=torch.bfloat16)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
-    features = AudioFeatureEncoder(model)(torch.randn(4000, generator=torch.Generator().manual_seed(2)))
-    assert features.dtype == torch.float32 and features.shape == (5, 5, 2, 32)
+    encoder = AudioFeatureEncoder(model)
+    features = encoder(torch.randn(4000, generator=torch.Generator().manual_seed(2)))
+    assert features.dtype == torch.float32 and features.shape == _feature_shape(5, encoder, tiny_config)
 
 
 def test_load_errors(tmp_path, tiny_folder):
@@ -207,6 +229,7 @@ def test_load_errors(tmp_path, tiny_folder):
 # ---------------------------------------------------------------- frame counts and windows
 
 
+# Pure arithmetic (no golden file is read); the first two rows are README §5's worked examples.
 @pytest.mark.parametrize(
     "samples, fps, audio_length, frames",
     [
@@ -266,7 +289,9 @@ def test_normalize_waveform():
         (torch.randn(300), {}, "too short for the wav2vec2 CNN"),
     ],
 )
-def test_bad_inputs_rejected_before_model_work(encoder, waveform, kwargs, message):
+def test_bad_inputs_rejected_before_model_work(waveform, kwargs, message):
+    encoder = AudioFeatureEncoder(_tiny_ctc().wav2vec2)  # any model: it must never run
+
     def forbid(*_):
         raise AssertionError("the model ran on invalid input")
 

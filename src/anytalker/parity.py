@@ -2,7 +2,9 @@
 
 The vectors were produced by the official code in float32; matching them within 1e-4 shows that
 the same functions are computed (see the parity README). Used by the tests and by
-`anytalker parity`, so a user can check an installation on their own machine.
+`anytalker parity`, so a user can check an installation on their own machine: `run_all` yields one
+row per compared output (a family that cannot load, or a case that cannot run, becomes a failure row
+with its reason) and `format_report` turns the rows into the lines the command prints.
 """
 
 from __future__ import annotations
@@ -38,7 +40,10 @@ def load_case(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
 
 def load_release_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Release-named weights; big matrices are stored as exact f16 low-rank factors A @ B."""
-    raw = load_file(str(path))
+    try:
+        raw = load_file(str(path))
+    except Exception as error:  # noqa: BLE001 - safetensors' own message does not name the file
+        raise ValueError(f"{Path(path).name} could not be read ({type(error).__name__}: {error})") from error
     state = {}
     for key, value in raw.items():
         if key.endswith("::lowrank_a"):
@@ -65,15 +70,28 @@ def _diffs(outputs: dict[str, torch.Tensor], case: dict, golden: dict[str, Calla
             for name, value in outputs.items()}
 
 
+def family_files(parity_dir: Path, name: str) -> tuple[Path, Path]:
+    """(`<name>.config.json`, `<name>.weights.safetensors`); FileNotFoundError naming what is absent."""
+    paths = Path(parity_dir) / f"{name}.config.json", Path(parity_dir) / f"{name}.weights.safetensors"
+    missing = [path.name for path in paths if not path.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{' and '.join(missing)} not found in {parity_dir}")
+    return paths
+
+
 def _config(parity_dir: Path, name: str) -> dict:
-    return json.loads((Path(parity_dir) / f"{name}.config.json").read_text())
+    path = family_files(parity_dir, name)[0]
+    try:
+        return json.loads(path.read_text())
+    except ValueError as error:
+        raise ValueError(f"{path.name} is not valid JSON ({error})") from error
 
 
 def load_release_transformer(parity_dir: Path, name: str):
     from .models import AnyTalkerTransformer
 
-    config = json.loads((parity_dir / f"{name}.config.json").read_text())
-    weights = load_release_weights(parity_dir / f"{name}.weights.safetensors")
+    config = _config(parity_dir, name)
+    weights = load_release_weights(family_files(parity_dir, name)[1])
     return AnyTalkerTransformer.from_official(weights, config).float().eval()
 
 
@@ -117,7 +135,8 @@ def transformer_case_diffs(model, path: str | os.PathLike) -> dict[str, float]:
 def load_release_vae(parity_dir: Path, name: str = "vae_tiny"):
     from .encoders.vae import load_wan_vae
 
-    return load_wan_vae(Path(parity_dir) / f"{name}.weights.safetensors", config=_config(parity_dir, name))
+    config = _config(parity_dir, name)
+    return load_wan_vae(family_files(parity_dir, name)[1], config=config)
 
 
 @torch.no_grad()
@@ -164,8 +183,8 @@ def vae_case_diffs(vae, path: str | os.PathLike) -> dict[str, float]:
 def load_release_t5(parity_dir: Path, name: str = "t5_tiny"):
     from .encoders.text import load_umt5_encoder
 
-    return load_umt5_encoder(Path(parity_dir) / f"{name}.weights.safetensors", dtype=torch.float32,
-                             config=_config(parity_dir, name))
+    config = _config(parity_dir, name)
+    return load_umt5_encoder(family_files(parity_dir, name)[1], dtype=torch.float32, config=config)
 
 
 @torch.no_grad()
@@ -192,8 +211,8 @@ def load_release_clip_vision(parity_dir: Path, name: str = "clip_vision_tiny"):
     """float32 model; its preprocessing mean / std are the release's `CLIP_MEAN` / `CLIP_STD`."""
     from .encoders.image import load_clip_vision
 
-    return load_clip_vision(Path(parity_dir) / f"{name}.weights.safetensors", dtype=torch.float32,
-                            config=_config(parity_dir, name))
+    config = _config(parity_dir, name)
+    return load_clip_vision(family_files(parity_dir, name)[1], dtype=torch.float32, config=config)
 
 
 @torch.no_grad()
@@ -238,6 +257,7 @@ def load_release_wav2vec(parity_dir: Path, name: str = "wav2vec_tiny"):
     from .encoders.wav2vec import AudioFeatureEncoder, load_wav2vec2
 
     parity_dir = Path(parity_dir)
+    _config(parity_dir, name)  # both files present and the config readable, else an error naming them
     layout = {f"{name}.config.json": "config.json", f"{name}.weights.safetensors": "model.safetensors"}
     with tempfile.TemporaryDirectory(prefix=f"{name}-") as folder:
         for source, target in layout.items():
@@ -299,19 +319,78 @@ FAMILIES: dict[str, tuple[Callable, Callable]] = {
 }
 
 
-def run_all(parity_dir: Path) -> Iterator[tuple[str, str, float]]:
-    """(case file, output, max abs diff) for every golden case this implementation covers.
+Row = tuple[str, str, float, str | None]  # (case file, output, max abs diff, failure reason)
 
-    Each family with `<family>.case_*.safetensors` files is loaded once; families without case
-    files are skipped.
+
+def _reason(error: BaseException) -> str:
+    """One line: the exception's type and message, whitespace collapsed, at most 400 characters."""
+    text = " ".join(f"{type(error).__name__}: {error}".split())
+    return text if len(text) <= 400 else text[:399] + "…"
+
+
+def run_all(parity_dir: Path) -> Iterator[Row]:
+    """(case file, output, max abs diff, error) for every golden case this implementation covers.
+
+    Each family with `<family>.case_*.safetensors` files is loaded once from `<family>.config.json`
+    and `<family>.weights.safetensors`; families without case files are skipped. A computed output
+    has `error` None. What cannot be computed becomes a failure row instead of an exception, with
+    diff NaN and a one-line `error`, and the run goes on:
+    - a family that cannot load (config or weights missing, corrupt, or not matching each other)
+      gives one `(case, "load", nan, reason)` row per case file of the family;
+    - a case that cannot run (a file that cannot be read, inputs that do not fit the model) gives
+      one `(case, "run", nan, reason)` row.
     """
     parity_dir = Path(parity_dir)
     for family, (load, case_diffs) in FAMILIES.items():
         cases = sorted(parity_dir.glob(f"{family}.case_*.safetensors"))
         if not cases:
             continue
-        model = load(parity_dir, family)
+        try:
+            model = load(parity_dir, family)
+        except Exception as error:  # noqa: BLE001 - reported as a failed row, the other families still run
+            reason = f"cannot load {family}: {_reason(error)}"
+            for path in cases:
+                yield path.name, "load", float("nan"), reason
+            continue
         for path in cases:
-            for output, diff in case_diffs(model, path).items():
-                yield path.name, output, diff
+            try:
+                _check_case_family(path, family)
+                diffs = case_diffs(model, path)
+            except Exception as error:  # noqa: BLE001 - as above, per case
+                yield path.name, "run", float("nan"), _reason(error)
+                continue
+            for output, diff in diffs.items():
+                yield path.name, output, diff, None
         del model
+
+
+def _check_case_family(path: Path, family: str) -> None:
+    """A case whose metadata names another model (DiT cases record theirs) must not run on this one."""
+    with safe_open(str(path), framework="pt") as handle:
+        meta = json.loads((handle.metadata() or {}).get("meta", "{}"))
+    model = meta.get("model") if isinstance(meta, dict) else None
+    if model is not None and model != family:
+        raise ValueError(f"the case is for {model}, not {family} (its metadata's 'model')")
+
+
+def format_report(rows) -> tuple[list[str], int]:
+    """(lines to print, number of failures) of `run_all` rows, as `anytalker parity` prints them.
+
+    One line per row, `case:output  max|diff| 1.23e-05  ok` (or `FAIL` past TOLERANCE, NaN
+    included) for a computed row and `case:output  FAIL  <reason>` for a failure row, then
+    `N passed, M failed (tolerance 0.0001, float32)`.
+    """
+    rows = list(rows)
+    width = max((len(f"{case}:{output}") for case, output, _, _ in rows), default=0)
+    lines, failures = [], 0
+    for case, output, diff, error in rows:
+        name = f"{case + ':' + output:<{width}}"
+        if error is not None:
+            failures += 1
+            lines.append(f"{name}  FAIL  {error}")
+            continue
+        ok = diff <= TOLERANCE  # False for NaN
+        failures += not ok
+        lines.append(f"{name}  max|diff| {diff:.2e}  {'ok' if ok else 'FAIL'}")
+    lines.append(f"{len(rows) - failures} passed, {failures} failed (tolerance {TOLERANCE:g}, float32)")
+    return lines, failures
