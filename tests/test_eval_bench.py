@@ -22,10 +22,10 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT, run_cli
 
-from anytalker import cli
 from anytalker.evaluation import bench
 from anytalker.evaluation.bench import find_cases
 from anytalker.evaluation.speakers import parse_time
+from anytalker.pipeline import runner
 
 SHARED = Path(os.environ.get("ANYTALKER_SHARED_DIR", REPO_ROOT.parent / "shared"))
 BENCHMARK = SHARED / "interactiveeyes"
@@ -162,10 +162,10 @@ def test_random_tiny_failures_are_recorded_counted_and_the_rerun_skips(tmp_path,
     # Rerun: nothing is generated (the model is never loaded) and no kept file is rewritten.
     videos, records = mtimes(out / "videos"), mtimes(out / "metrics")
 
-    def no_model(args):
+    def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded on a resumed run")
 
-    monkeypatch.setattr(bench, "_load_model", no_model)
+    monkeypatch.setattr(runner, "load_pipeline", no_model)
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # and plots are skipped with a notice
     code, stdout, err = run_bench(argv[:-1])
     assert code == 1
@@ -198,16 +198,17 @@ def test_interactivity_scores_known_motion_and_motion_series_reproduce_it(tmp_pa
                                 skip_audio={("interact_2", "right")})
     calls = []
 
-    def render(pipe, device, prepared, args):
+    def render(loaded, prepared, sampling, **kwargs):
         """Instead of a model: the reference image with eyes/brows moved by the known track, 25 fps."""
         faces = sorted(get_landmark_source("dlib").detect(prepared.image, 0, 2), key=lambda f: f.box.center[0])
         calls.append((prepared.task.name, faces))
-        info = {"model": args.model, "seed": args.seed, "num_inference_steps": args.steps, "fps": FPS,
-                "guidance_scale": args.guidance_scale, "audio_guidance_scale": args.audio_guidance_scale}
-        return warp_eye_regions(prepared.image, faces, known_tracks()), info
+        info = {"model": loaded.settings.model, "seed": sampling.seed, "num_inference_steps": sampling.steps,
+                "fps": FPS, "guidance_scale": sampling.guidance_scale,
+                "audio_guidance_scale": sampling.audio_guidance_scale}
+        return runner.GenerationResult(warp_eye_regions(prepared.image, faces, known_tracks()), info)
 
-    monkeypatch.setattr(bench, "_load_model", lambda args: (None, "cpu"))
-    monkeypatch.setattr(cli, "run_generation", render)
+    monkeypatch.setattr(runner, "load_pipeline", lambda settings, **kwargs: runner.wrap_pipeline(None, settings))
+    monkeypatch.setattr(runner, "generate", render)
     out = tmp_path / "out"
     code, _, err = run_bench(["--model", "random-tiny", "--benchmark", root, "--out", out, "--fps", FPS,
                               "--steps", 1, "--quiet"])
@@ -276,13 +277,14 @@ def test_clips_benchmark_identity_and_sync_with_first_frame_reference(tmp_path, 
     write_video(clips / "talk_1.mp4", frames, 25, audio=speech(0.48, 0.0, 0.48), sample_rate=RATE)
     write_video(clips / "talk_2.mp4", frames, 25)  # no soundtrack
 
-    def render(pipe, device, prepared, args):
-        info = {"model": args.model, "seed": args.seed, "num_inference_steps": args.steps, "fps": 25,
-                "guidance_scale": args.guidance_scale, "audio_guidance_scale": args.audio_guidance_scale}
-        return np.repeat(prepared.image[None], 12, axis=0), info
+    def render(loaded, prepared, sampling, **kwargs):
+        info = {"model": loaded.settings.model, "seed": sampling.seed, "num_inference_steps": sampling.steps,
+                "fps": 25, "guidance_scale": sampling.guidance_scale,
+                "audio_guidance_scale": sampling.audio_guidance_scale}
+        return runner.GenerationResult(np.repeat(prepared.image[None], 12, axis=0), info)
 
-    monkeypatch.setattr(bench, "_load_model", lambda args: (None, "cpu"))
-    monkeypatch.setattr(cli, "run_generation", render)
+    monkeypatch.setattr(runner, "load_pipeline", lambda settings, **kwargs: runner.wrap_pipeline(None, settings))
+    monkeypatch.setattr(runner, "generate", render)
     out = tmp_path / "out"
     code, _, err = run_bench(["--model", "random-tiny", "--benchmark", clips, "--out", out, "--fps", 25,
                               "--syncnet", random_syncnet, "--id-stride", 1, "--quiet"])

@@ -16,36 +16,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import sys
 from pathlib import Path
+
+from ..evaluation.landmarks import LANDMARK_BACKENDS
+from ..evaluation.speakers import TIME_FORMATS
+from ..utils.records import format_number, jsonable
+from ..video.io import IMAGE_SUFFIXES
+from .common import error
 
 __all__ = ["add_parser"]
 
 
 def _print_json(obj) -> None:
-    print(json.dumps(obj, indent=2, default=_jsonable, allow_nan=False))
-
-
-def _jsonable(value):
-    import numpy as np
-
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
-
-
-def _error(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return 2
-
-
-def _fmt(value, digits: int = 4) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+    print(json.dumps(jsonable(obj), indent=2, allow_nan=False))
 
 
 # --- interactivity ----------------------------------------------------------------------------
@@ -58,19 +41,19 @@ def cmd_interactivity(args: argparse.Namespace) -> int:
     from ..evaluation.speakers import SpeakerLabelError, load_speaker_labels
 
     if bool(args.video) == bool(args.dir):
-        return _error("pass --video V.mp4 (repeatable) or --dir FOLDER")
+        return error("pass --video V.mp4 (repeatable) or --dir FOLDER")
     try:
         labels = load_speaker_labels(args.speakers, args.time_format)
         videos = [Path(v) for v in args.video] if args.video else video_files(args.dir)
         missing = [str(v) for v in videos if not v.is_file()]
         if missing:
-            return _error(f"video not found: {', '.join(missing)}")
+            return error(f"video not found: {', '.join(missing)}")
         if not videos:
-            return _error(f"no video files (.mp4, .mov, .mkv, .webm, .avi) in {args.dir}")
+            return error(f"no video files (.mp4, .mov, .mkv, .webm, .avi) in {args.dir}")
         config = InteractivityConfig(max_bad_fraction=args.max_bad_fraction)
         source = get_landmark_source(args.backend, args.insightface_dir)
-    except (FileNotFoundError, NotADirectoryError, SpeakerLabelError, DetectorUnavailable, ValueError) as error:
-        return _error(str(error))
+    except (FileNotFoundError, NotADirectoryError, SpeakerLabelError, DetectorUnavailable, ValueError) as problem:
+        return error(str(problem))
     results = score_videos(videos, labels, source, config)
     summary = summarize(results)
     if args.json:
@@ -78,17 +61,19 @@ def cmd_interactivity(args: argparse.Namespace) -> int:
                     else {"summary": summary, "videos": [r.to_dict() for r in results]})
     else:
         for r in results:
-            people = "  ".join(f"{p.name} {_fmt(p.score)}" + (f" ({p.reason})" if p.reason else "") for p in r.people)
+            people = "  ".join(f"{p.name} {format_number(p.score)}" + (f" ({p.reason})" if p.reason else "")
+                               for p in r.people)
             if r.failure:
                 print(f"{r.video}: FAILED {r.failure}: {r.message}")
             else:
-                print(f"{r.video}: interactivity {_fmt(r.score)}  [{people}]  ({r.backend}, {r.frames} frames)")
+                print(f"{r.video}: interactivity {format_number(r.score)}  [{people}]  "
+                      f"({r.backend}, {r.frames} frames)")
             for warning in r.warnings:
                 print(f"{r.video}: warning: {warning}")
         if len(results) > 1:
             failures = ", ".join(f"{k} {v}" for k, v in sorted(summary["failures"].items())) or "none"
-            print(f"mean interactivity {_fmt(summary['score'])} over {summary['scored']} of {summary['videos']} "
-                  f"videos; failed: {summary['failed']} ({failures})")
+            print(f"mean interactivity {format_number(summary['score'])} over {summary['scored']} of "
+                  f"{summary['videos']} videos; failed: {summary['failed']} ({failures})")
     return 0 if summary["scored"] else 1
 
 
@@ -109,29 +94,28 @@ def cmd_sync(args: argparse.Namespace) -> int:
     try:
         model = load_syncnet(args.syncnet)
         if not Path(args.video).is_file():
-            return _error(f"video not found: {args.video}")
+            return error(f"video not found: {args.video}")
         labels = labels_for_video(load_speaker_labels(args.speakers, args.time_format), args.video) \
             if args.speakers else None
         people = len(args.audio) or (labels.num_people if labels else args.people)
         if labels and labels.num_people != people:
-            return _error(f"{len(args.audio)} audio tracks but {labels.num_people} labelled people in {args.speakers}")
+            return error(f"{len(args.audio)} audio tracks but {labels.num_people} labelled people in {args.speakers}")
         tracks_audio = [load_audio(path, SAMPLE_RATE) for path in args.audio]
         data = read_video(args.video)
         if not tracks_audio:
             if data.audio is None:
-                return _error(f"{args.video} has no audio: pass one --audio track per person")
+                return error(f"{args.video} has no audio: pass one --audio track per person")
             # No per-person tracks: every face is measured against the video's own (mixed) soundtrack.
             tracks_audio = [resample(data.audio.mean(axis=0), data.sample_rate, SAMPLE_RATE)] * people
         source = get_landmark_source(args.backend, args.insightface_dir)
     except (MissingWeightsError, FileNotFoundError, SpeakerLabelError, AudioError, DetectorUnavailable,
-            KeyError, ValueError) as error:
-        return _error(str(error.args[0]) if isinstance(error, KeyError) else str(error))
+            KeyError, ValueError) as problem:
+        return error(str(problem.args[0]) if isinstance(problem, KeyError) else str(problem))
     tracks = track_faces(data.frames, people, source)
     lost = [i for i in range(people) if not tracks.found()[:, i].any()]
     if lost:
-        print(f"error: face(s) {lost} never found in {args.video} ({tracks.source}: at most "
-              f"{tracks.counts.max()} faces per frame)", file=sys.stderr)
-        return 1
+        return error(f"face(s) {lost} never found in {args.video} ({tracks.source}: at most "
+                     f"{tracks.counts.max()} faces per frame)", code=1)
     names = list(labels.names) if labels else [f"person_{i}" for i in range(people)]
     if labels:
         intervals = [list(spans) for spans in labels.intervals]
@@ -147,18 +131,16 @@ def cmd_sync(args: argparse.Namespace) -> int:
     else:
         for speaker in report["speakers"]:
             sync = speaker["sync"]
-            print(f"{speaker['name']}: Sync-C {_fmt(sync['sync_c'], 3)}  Sync-D {_fmt(sync['sync_d'], 3)}  "
-                  f"offset {sync['offset']:+d}  Sync-C* {_fmt(speaker['sync_c_star'], 3)}"
+            print(f"{speaker['name']}: Sync-C {format_number(sync['sync_c'], 3)}  "
+                  f"Sync-D {format_number(sync['sync_d'], 3)}  offset {sync['offset']:+d}  "
+                  f"Sync-C* {format_number(speaker['sync_c_star'], 3)}"
                   + (f"  ({len(speaker['skipped'])} intervals too short)" if speaker["skipped"] else ""))
-        print(f"{report['video']}: Sync-C {_fmt(report['sync_c'], 3)}  Sync-D {_fmt(report['sync_d'], 3)}  "
-              f"Sync-C* {_fmt(report['sync_c_star'], 3)}")
+        print(f"{report['video']}: Sync-C {format_number(report['sync_c'], 3)}  "
+              f"Sync-D {format_number(report['sync_d'], 3)}  Sync-C* {format_number(report['sync_c_star'], 3)}")
     return 0
 
 
 # --- fid / fvd / id -----------------------------------------------------------------------------
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-
 
 def _media(folder: str) -> tuple[list[Path], list[Path]]:
     from ..evaluation.interactivity import VIDEO_SUFFIXES
@@ -196,8 +178,8 @@ def cmd_fid(args: argparse.Namespace) -> int:
         model = load_fid_inception(args.inception)
         for folder in (args.real, args.fake):
             _media(folder)
-    except (MissingWeightsError, FileNotFoundError, ValueError) as error:
-        return _error(str(error))
+    except (MissingWeightsError, FileNotFoundError, ValueError) as problem:
+        return error(str(problem))
     real = inception_features(model, _frames(args.real, args.frame_stride), args.batch_size)
     fake = inception_features(model, _frames(args.fake, args.frame_stride), args.batch_size)
     report = {"fid": fid_from_features(real, fake), "real_images": len(real), "fake_images": len(fake)}
@@ -228,8 +210,8 @@ def cmd_fvd(args: argparse.Namespace) -> int:
                 raise ValueError(f"no videos in {folder}")
             sets.append([clip for path in videos for clip in video_clips(read_video(path).frames, args.frames,
                                                                            args.clips)])
-    except (MissingWeightsError, FileNotFoundError, ValueError) as error:
-        return _error(str(error))
+    except (MissingWeightsError, FileNotFoundError, ValueError) as problem:
+        return error(str(problem))
     real, fake = (i3d_features(model, clips, args.batch_size) for clips in sets)
     report = {"fvd": fid_from_features(real, fake), "real_clips": len(real), "fake_clips": len(fake),
               "frames_per_clip": args.frames}
@@ -255,25 +237,25 @@ def cmd_id(args: argparse.Namespace) -> int:
     try:
         embedder = ArcFaceONNX(args.arcface) if args.embedder == "arcface" else DlibFaceEmbedder()
         if not Path(args.video).is_file():
-            return _error(f"video not found: {args.video}")
+            return error(f"video not found: {args.video}")
         source = DlibLandmarks()  # 68-point landmarks give the five ArcFace alignment keypoints
         reference = None
         if args.reference:
             image = load_image(args.reference)
             faces = sorted(source.detect(image, 0, args.people), key=lambda f: f.box.area, reverse=True)[:args.people]
             if len(faces) < args.people:
-                return _error(f"{args.people} people but {len(faces)} faces found in {args.reference}")
+                return error(f"{args.people} people but {len(faces)} faces found in {args.reference}")
             reference = [(image, f.box, f.keypoints5) for f in sorted(faces, key=lambda f: f.box.center[0])]
         data = read_video(args.video)
-    except (MissingWeightsError, FileNotFoundError, DetectorUnavailable, ValueError) as error:
-        return _error(str(error))
+    except (MissingWeightsError, FileNotFoundError, DetectorUnavailable, ValueError) as problem:
+        return error(str(problem))
     tracks = track_faces(data.frames, args.people, source)
     report = {"video": Path(args.video).name, **identity_scores(data.frames, tracks, embedder, reference, args.stride)}
     if args.json:
         _print_json(report)
     else:
-        print(f"{report['video']}: identity vs first frame {_fmt(report['vs_first'])}, vs reference "
-              f"{_fmt(report['vs_reference'])} ({report['embedder']})")
+        print(f"{report['video']}: identity vs first frame {format_number(report['vs_first'])}, vs reference "
+              f"{format_number(report['vs_reference'])} ({report['embedder']})")
     return 0 if report["vs_first"] is not None or report["vs_reference"] is not None else 1
 
 
@@ -287,9 +269,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     inter.add_argument("--video", action="append", default=[], help="video to score (repeatable)")
     inter.add_argument("--dir", help="score every video in this folder (matched to --speakers by file name)")
     inter.add_argument("--speakers", required=True, help="speaker_duration.json: per video, per person intervals")
-    inter.add_argument("--time-format", choices=["timecode30", "seconds"], default="timecode30",
+    inter.add_argument("--time-format", choices=TIME_FORMATS, default="timecode30",
                        help="how interval values are written: SS.FF at 30 fps (the benchmark's file) or seconds")
-    inter.add_argument("--backend", choices=["dlib", "mediapipe", "insightface"], default="dlib",
+    inter.add_argument("--backend", choices=LANDMARK_BACKENDS, default="dlib",
                        help="landmark backend (default dlib: offline, ships with face-recognition-models)")
     inter.add_argument("--insightface-dir", help="insightface model folder (det_*.onnx + 2d106det.onnx)")
     inter.add_argument("--max-bad-fraction", type=float, default=0.1,
@@ -303,10 +285,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     sync.add_argument("--audio", action="append", default=[],
                       help="one speech track per person, left to right (default: the video's own audio for every face)")
     sync.add_argument("--speakers", help="speaker_duration.json for Sync-C* (per-speaker intervals)")
-    sync.add_argument("--time-format", choices=["timecode30", "seconds"], default="timecode30")
+    sync.add_argument("--time-format", choices=TIME_FORMATS, default="timecode30")
     sync.add_argument("--vad", action="store_true", help="without --speakers: find speaking intervals with VAD")
     sync.add_argument("--people", type=int, default=1, help="faces to measure when neither --audio nor --speakers")
-    sync.add_argument("--backend", choices=["dlib", "mediapipe", "insightface"], default="dlib")
+    sync.add_argument("--backend", choices=LANDMARK_BACKENDS, default="dlib")
     sync.add_argument("--insightface-dir")
     sync.add_argument("--json", action="store_true")
     sync.set_defaults(func=cmd_sync)

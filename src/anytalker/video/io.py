@@ -17,6 +17,9 @@ import numpy as np
 
 from ..utils.atomic import atomic_write
 
+# Still-image files the readers accept (reference images, FID folders), lower case.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
 # Sample rates AAC can carry (MPEG-4 sampling frequency index).
 AAC_SAMPLE_RATES = frozenset({96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025,
                               8000, 7350})
