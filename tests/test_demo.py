@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anytalker.demo import METRIC_KEYS, add_demo_parser, demo_files, run_demo
-from anytalker.puppets.model import BUNDLED_WEIGHTS
+from anytalker.cli.demo import add_parser as add_demo_parser
+from anytalker.pipeline.runner import bundled_puppets_folder
+from anytalker.puppets.demo import METRIC_KEYS, demo_files, run_demo
 
 
 def _parser():
@@ -19,9 +20,10 @@ def _parser():
 
 
 def test_bundled_weights_are_shipped_and_small():
-    assert (BUNDLED_WEIGHTS / "model_index.json").is_file(), (
-        f"bundled puppets-tiny weights missing at {BUNDLED_WEIGHTS}: `anytalker puppets train-model OUT` builds them")
-    size = sum(p.stat().st_size for p in BUNDLED_WEIGHTS.rglob("*") if p.is_file())
+    weights = bundled_puppets_folder()
+    assert (weights / "model_index.json").is_file(), (
+        f"bundled puppets-tiny weights missing at {weights}: `anytalker puppets train-model OUT` builds them")
+    size = sum(p.stat().st_size for p in weights.rglob("*") if p.is_file())
     assert size <= 40 * 2**20
 
 

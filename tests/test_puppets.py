@@ -32,7 +32,7 @@ from anytalker.puppets.appearance import (
     luma,
     with_luma,
 )
-from anytalker.puppets.cli import add_puppets_parser
+from anytalker.cli.puppets import add_parser as add_puppets_parser
 from anytalker.puppets.dataset import GROUND_TRUTH
 from anytalker.puppets.render import render_frame, static_layer
 from anytalker.video.io import probe_video, read_video, write_video
@@ -288,7 +288,7 @@ def test_package_names_resolve_and_the_cli_module_stays_light():
 
     for name in puppets.__all__:
         assert getattr(puppets, name) is not None
-    # `anytalker --help` imports puppets.cli: that must not pull in torch (seconds of start-up).
-    code = "import sys, anytalker.puppets.cli; print('torch' in sys.modules)"
+    # `anytalker --help` imports anytalker.cli.puppets: that must not pull in torch (seconds of start-up).
+    code = "import sys, anytalker.cli.puppets; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"

@@ -86,18 +86,15 @@ def test_scene_metrics_on_the_ground_truth_render():
     assert set(summary) >= {"lip_own", "lip_other", "binding", "interactivity", "scenes"}
 
 
-def test_missing_weights_say_how_to_build_them(tmp_path):
-    from anytalker.puppets import model
+def test_missing_weights_say_how_to_build_them(tmp_path, monkeypatch):
+    from anytalker.pipeline import runner
+    from anytalker.puppets.model import WeightsMissing, load_pipeline
 
-    with pytest.raises(model.WeightsMissing, match="model_index.json"):
-        model.load_pipeline(tmp_path)
-    saved = model.BUNDLED_WEIGHTS
-    try:
-        model.BUNDLED_WEIGHTS = tmp_path / "absent"
-        with pytest.raises(model.WeightsMissing, match="anytalker puppets train-model"):
-            model.load_pipeline()
-    finally:
-        model.BUNDLED_WEIGHTS = saved
+    with pytest.raises(WeightsMissing, match="model_index.json"):
+        load_pipeline(tmp_path)
+    monkeypatch.setattr(runner, "bundled_puppets_folder", lambda: tmp_path / "absent")
+    with pytest.raises(WeightsMissing, match="anytalker puppets train-model"):
+        load_pipeline()
 
 
 def test_bundled_model_lip_syncs_and_binds_on_held_out_scenes():

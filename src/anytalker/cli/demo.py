@@ -25,7 +25,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Animates a fresh puppet scene with the bundled puppets-tiny model on the CPU and scores it."""
-    from ..demo import run_demo
+    from ..puppets.demo import run_demo
     from ..puppets.model import WeightsMissing
 
     if args.steps < 1 or args.seconds <= 0:

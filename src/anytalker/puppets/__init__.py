@@ -9,10 +9,12 @@ for every frame. `measure` reads mouth opening and the 22 eye/brow landmarks bac
     write_clip(scene, "out/clip")          # mp4 + wavs + reference.png + meta.json + npz
     agreement(measure_frames(scene.frames, scene.face_boxes), scene.ground_truth)
 
-`anytalker puppets make OUT --clips N --persons 2 --seed S` writes sets of clips.
+`anytalker puppets make OUT --clips N --persons 2 --seed S` writes sets of clips. The tiny model
+trained on them, its recipe and its evaluation are `anytalker.puppets.model`; `anytalker demo`
+runs `anytalker.puppets.demo`.
 
-Names are imported on first use: `anytalker --help` loads `puppets.cli` without pulling in torch
-(which `anytalker.faces`, and so `dataset`, imports).
+Names are imported on first use: the `anytalker puppets` commands (cli/puppets.py) load without
+pulling in torch (which `anytalker.faces`, and so `dataset`, imports).
 """
 
 from __future__ import annotations

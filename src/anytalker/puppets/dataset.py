@@ -43,6 +43,7 @@ import numpy as np
 from PIL import Image
 
 from anytalker.audio import mix_tracks
+from anytalker.audio.io import SAMPLE_RATE
 from anytalker.faces import FaceBox
 from anytalker.utils.atomic import atomic_write, write_json_atomic
 from anytalker.video.io import write_video
@@ -59,7 +60,7 @@ from .appearance import (
 from .behaviour import MOUTH_LAG_FRAMES, Motion, animate
 from .render import render_frame, static_layer
 from .script import Script, write_script
-from .voice import SAMPLE_RATE, VOICE_ENGINES, Voice, espeak_available, sample_voice
+from .voice import VOICE_ENGINES, Voice, espeak_available, sample_voice
 
 FORMAT = "anytalker-puppets"
 VERSION = 1
@@ -238,7 +239,8 @@ def caption(appearances, voices, background: Background) -> str:
             f"to each other: {people}.")
 
 
-def _write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
+def write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
+    """`audio` (float, [-1, 1], clipped) as a 16-bit PCM mono wav, written atomically."""
     pcm = np.round(np.clip(audio, -1.0, 1.0) * 32767).astype("<i2")
     with atomic_write(path) as tmp, wave.open(str(tmp), "wb") as handle:
         handle.setnchannels(1)
@@ -284,7 +286,7 @@ def write_clip(scene: Scene, folder: str | Path, name: str | None = None) -> Pat
     with atomic_write(folder / "reference.png") as tmp:
         Image.fromarray(scene.reference).save(tmp, format="PNG")
     for i, track in enumerate(scene.tracks):
-        _write_wav(folder / f"audio_{i}.wav", track, scene.sample_rate)
+        write_wav(folder / f"audio_{i}.wav", track, scene.sample_rate)
     with atomic_write(folder / "ground_truth.npz") as tmp, open(tmp, "wb") as handle:
         np.savez_compressed(handle, **scene.ground_truth)
     sidecar = {"caption": scene.caption, "audio": [f"audio_{i}.wav" for i in range(len(scene.tracks))],

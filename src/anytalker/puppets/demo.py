@@ -1,4 +1,4 @@
-"""`anytalker demo`: a fresh puppet scene, animated on the CPU by the bundled puppets-tiny model.
+"""The puppet demo (`anytalker demo`): a fresh scene, animated on the CPU by the bundled puppets-tiny model.
 
 One command, no downloads: a new scene (looks, voices and a script from --seed, never a training
 clip) is rendered, puppets-tiny generates the video from the scene's reference image, one audio
@@ -13,14 +13,17 @@ Files, for `--out demo.mp4` (every name starts with the --out stem):
     demo.script.json      who says what when: phrases and per-puppet speaking intervals (seconds)
     demo.boxes.json       the face boxes given to the model (and the measurement boxes), left to right
     demo.metrics.json     lip sync, binding and Interactivity of the generated video and of the
-                          ground-truth render (see anytalker.puppets.model.scene_metrics)
+                          ground-truth render (see anytalker.puppets.model.metrics)
 """
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
+
+from .model import finite_mean
 
 METRIC_KEYS = ("lip_own", "lip_other", "binding", "interactivity")
 
@@ -49,10 +52,10 @@ def run_demo(out: str | os.PathLike = "demo.mp4", persons: int = 2, seed: int | 
     import torch
     from PIL import Image
 
-    from .puppets.dataset import _write_wav, make_scene
-    from .puppets.model import generate_scene, load_pipeline, scene_metrics
-    from .utils.atomic import atomic_write, write_json_atomic
-    from .video.io import write_video
+    from ..utils.atomic import atomic_write, write_json_atomic
+    from ..video.io import write_video
+    from .dataset import make_scene, write_wav
+    from .model import generate_scene, load_pipeline, scene_metrics
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", min(4, os.cpu_count() or 1))))
     start = time.perf_counter()
@@ -70,7 +73,7 @@ def run_demo(out: str | os.PathLike = "demo.mp4", persons: int = 2, seed: int | 
     with atomic_write(files["reference"]) as tmp:
         Image.fromarray(scene.reference).save(tmp, format="PNG")
     for i, track in enumerate(scene.tracks):
-        _write_wav(files[f"audio_{i}"], track, scene.sample_rate)
+        write_wav(files[f"audio_{i}"], track, scene.sample_rate)
     script = {"caption": scene.caption, "fps": scene.fps, "frames": scene.num_frames,
               "duration_s": round(scene.duration, 6), "script": scene.script.to_json(),
               "speaking_intervals": [[list(iv) for iv in person] for person in scene.speaking_intervals],
@@ -97,10 +100,7 @@ def run_demo(out: str | os.PathLike = "demo.mp4", persons: int = 2, seed: int | 
 
 
 def _number(metrics: dict, key: str) -> str:
-    import math
-
-    from .puppets.model import finite_mean
-
+    """A table cell: the mean over puppets for per-puppet values, binding as a percentage."""
     value = metrics[key]
     if isinstance(value, list):
         value = finite_mean(value)
