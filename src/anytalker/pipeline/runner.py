@@ -111,7 +111,7 @@ def build_pipeline(settings: ModelSettings, device: str | None = None):
     folder = bundled_puppets_folder() if settings.model == PUPPETS_TINY else Path(settings.model)
     if (folder / "model_index.json").is_file():
         with quiet_loading():
-            return AnyTalkerPipeline.from_pretrained(folder, torch_dtype=dtype)
+            return AnyTalkerPipeline.from_pretrained(folder, dtype=dtype)
     if settings.model == PUPPETS_TINY:
         raise FileNotFoundError(f"the bundled puppets-tiny weights are missing ({folder}); build them with "
                                 f"`anytalker puppets train-model runs/puppets --until export`")

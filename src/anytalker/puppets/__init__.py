@@ -19,7 +19,7 @@ pulling in torch (which `anytalker.faces`, and so `dataset`, imports).
 
 from __future__ import annotations
 
-import importlib
+from ..utils.lazy import lazy_exports
 
 _EXPORTS = {
     "appearance": ("Appearance", "Background", "Pose", "describe", "sample_appearance", "sample_background"),
@@ -30,49 +30,4 @@ _EXPORTS = {
     "script": ("Phrase", "Script", "write_script"),
     "voice": ("SAMPLE_RATE", "Voice", "espeak_available", "sample_voice"),
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = [  # resolved on first use by __getattr__
-    "GROUND_TRUTH",
-    "LANDMARK_INDICES",
-    "MOUTH_LAG_FRAMES",
-    "SAMPLE_RATE",
-    "Appearance",
-    "Background",
-    "Measurement",
-    "Motion",
-    "Phrase",
-    "Pose",
-    "Scene",
-    "Script",
-    "Voice",
-    "agreement",
-    "animate",
-    "caption",
-    "clip_name",
-    "clip_seed",
-    "describe",
-    "espeak_available",
-    "frame_envelope",
-    "load_clip",
-    "make_scene",
-    "measure_clip",
-    "measure_frames",
-    "sample_appearance",
-    "sample_background",
-    "sample_voice",
-    "write_clip",
-    "write_script",
-]
-
-
-def __getattr__(name: str):
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_MODULE_OF))
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

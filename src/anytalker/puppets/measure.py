@@ -257,7 +257,8 @@ def measure_clip(folder: str | Path) -> Measurement:
     return measure_frames(video.frames, meta["face_boxes"])
 
 
-def _corr(a: np.ndarray, b: np.ndarray) -> float:
+def correlation(a, b) -> float:
+    """Pearson correlation of the pairs where both are finite; NaN when either is constant."""
     a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
     ok = np.isfinite(a) & np.isfinite(b)
     a, b = a[ok] - a[ok].mean(), b[ok] - b[ok].mean()
@@ -281,13 +282,13 @@ def agreement(measured: Measurement, ground_truth: dict) -> dict:
     eye_h_gt = gt_lm[:, :, lower, 1].mean(axis=2) - gt_lm[:, :, upper, 1].mean(axis=2)
     eye_h_me = lm[:, :, lower, 1].mean(axis=2) - lm[:, :, upper, 1].mean(axis=2)
     return {
-        "mouth_r": _corr(measured.mouth_height, gt_h),
-        "mouth_r_per_puppet": [_corr(m, g) for m, g in zip(measured.mouth_height, gt_h)],
+        "mouth_r": correlation(measured.mouth_height, gt_h),
+        "mouth_r_per_puppet": [correlation(m, g) for m, g in zip(measured.mouth_height, gt_h)],
         "mouth_mae_px": float(np.nanmean(np.abs(measured.mouth_height - gt_h))),
-        "landmarks_r": _corr(motion_me, motion_gt),
-        "landmarks_r_per_puppet": [_corr(m, g) for m, g in zip(motion_me, motion_gt)],
+        "landmarks_r": correlation(motion_me, motion_gt),
+        "landmarks_r_per_puppet": [correlation(m, g) for m, g in zip(motion_me, motion_gt)],
         "landmarks_mae_px": float(np.nanmean(np.linalg.norm(lm - gt_lm, axis=-1))),
-        "eye_height_r": _corr(eye_h_me, eye_h_gt),
-        "brow_y_r": _corr(motion_me[:, :, :10, 1], motion_gt[:, :, :10, 1]),
+        "eye_height_r": correlation(eye_h_me, eye_h_gt),
+        "brow_y_r": correlation(motion_me[:, :, :10, 1], motion_gt[:, :, :10, 1]),
         "missing": float(np.isnan(lm).any(axis=(2, 3)).mean()),
     }

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from anytalker.audio import resample
+from anytalker.audio.io import SAMPLE_RATE  # tracks are written at wav2vec2's rate: no resampling downstream
 
-SAMPLE_RATE = 16000  # wav2vec2's rate: tracks are written at it, no resampling downstream
 PEAK = 0.5           # every phrase is scaled to this peak; two overlapping voices stay near 1.0
 VOICE_ENGINES = ("procedural", "espeak")
 

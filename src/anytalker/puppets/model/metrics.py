@@ -15,20 +15,11 @@ they go to JSON as they are.
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
 from ...utils.records import jsonable
-
-
-def correlation(a, b) -> float:
-    """Pearson correlation of the pairs where both are finite; NaN when either is constant."""
-    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
-    ok = np.isfinite(a) & np.isfinite(b)
-    a, b = a[ok] - a[ok].mean(), b[ok] - b[ok].mean()
-    denom = math.sqrt(float((a**2).sum() * (b**2).sum()))
-    return float((a * b).sum() / denom) if denom > 0 else float("nan")
+from ..measure import correlation
 
 
 def finite_mean(values) -> float:
