@@ -15,11 +15,7 @@ DEFAULT_MODEL = "puppets-tiny"
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     app = subparsers.add_parser("app", help=run.__doc__, description=run.__doc__)
-    add_model_arguments(app)
-    app.set_defaults(model=DEFAULT_MODEL)
-    # add_model_arguments documents generate's default (./checkpoints); the page starts on the bundled model.
-    app._option_string_actions["--model"].help = ("release folder, converted diffusers folder, random-tiny or "
-                                                  "puppets-tiny (default: puppets-tiny, the bundled CPU model)")
+    add_model_arguments(app, DEFAULT_MODEL, "puppets-tiny, the bundled CPU model")
     app.add_argument("--seed", type=int, default=0, help="random-tiny's weights")
     app.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")
     app.add_argument("--port", type=int, default=7860, help="port (default 7860)")

@@ -24,10 +24,11 @@ def error(message: str, code: int = 2) -> int:
     return code
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="checkpoints",
-                        help="release folder, converted diffusers folder, random-tiny or puppets-tiny "
-                             "(default: ./checkpoints)")
+def add_model_arguments(parser: argparse.ArgumentParser, default_model: str = "checkpoints",
+                        default_help: str = "./checkpoints") -> None:
+    parser.add_argument("--model", default=default_model,
+                        help=f"release folder, converted diffusers folder, random-tiny or puppets-tiny "
+                             f"(default: {default_help})")
     parser.add_argument("--variant", choices=VARIANTS, default="1.3B", help="DiT of a release folder")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bf16 on GPU, fp32 on CPU")
     parser.add_argument("--cpu-offload", action="store_true", help="keep idle components in CPU memory")
