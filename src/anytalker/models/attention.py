@@ -5,6 +5,12 @@ identity axis right after the batch axis, [B, N, ...]. All identities run in one
 (the identity axis is folded into the batch), and the temporal rule of the audio tokens is applied
 by grouping queries per latent frame instead of a dense [L, 257 + 32F] mask, so time and memory
 grow linearly with the number of frames.
+
+The grouping follows each token's latent-frame index (`latent_frame_index`, as `frame_runs`), not
+its position, so it holds on a context-parallel shard that starts or ends inside a frame. The
+audio-face attention is local per token given that index: it needs no communication, and its
+processors carry no `_parallel_config` (diffusers' `enable_parallelism` gives one to
+self-attention only).
 """
 
 from __future__ import annotations
@@ -29,6 +35,38 @@ def build_dense_temporal_mask(num_latent_frames: int, tokens_per_latent_frame: i
     mask = latent_of_query[:, None] == latent_of_audio_frame[None, :]
     mask[:tokens_per_latent_frame] = True
     return mask.repeat_interleave(audio_tokens_per_frame, dim=1)
+
+
+FrameRuns = tuple[tuple[int, int, int], ...]
+
+
+def latent_frame_index(num_frames: int, tokens_per_frame: int) -> torch.Tensor:
+    """The latent frame of every token of a frame-major sequence, int64 [num_frames * tokens_per_frame]."""
+    return torch.arange(num_frames).repeat_interleave(tokens_per_frame)
+
+
+def frame_runs(token_frames: torch.Tensor) -> FrameRuns:
+    """A per-token latent-frame index [L] as runs (first_frame, num_frames, tokens_per_frame).
+
+    Tokens of one frame must be adjacent (frame-major order). Consecutive frames with as many
+    tokens each share a run, so a whole sequence is one run and a shard cut inside frames has a
+    short run at each cut end. One host read of the index (keep it on the CPU: no device sync).
+    """
+    frames, counts = torch.unique_consecutive(token_frames.cpu(), return_counts=True)
+    runs: list[tuple[int, int, int]] = []
+    for frame, count in zip(frames.tolist(), counts.tolist()):
+        if runs and runs[-1][0] + runs[-1][1] == frame and runs[-1][2] == count:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1, count)
+        else:
+            runs.append((frame, 1, count))
+    return tuple(runs)
+
+
+def _runs_of(query: torch.Tensor, token_frames: int | torch.Tensor | FrameRuns) -> FrameRuns:
+    """`token_frames` as runs: an int is the frame count of a whole frame-major sequence."""
+    if isinstance(token_frames, int):
+        return ((0, token_frames, query.shape[1] // token_frames),)
+    return frame_runs(token_frames) if torch.is_tensor(token_frames) else token_frames
 
 
 def face_audio_attention_per_frame(
@@ -56,29 +94,59 @@ def face_audio_attention_per_frame(
     return out.reshape(batch, num_ids, seq_len, *out.shape[-2:])
 
 
+def face_audio_attention_by_frame(
+    query: torch.Tensor, face_key: torch.Tensor, face_value: torch.Tensor, audio_key: torch.Tensor,
+    audio_value: torch.Tensor, token_frames: int | torch.Tensor | FrameRuns, backend=None,
+) -> torch.Tensor:
+    """`face_audio_attention_per_frame` for tokens of any frames: query [B, L, H, D] whose tokens
+    lie in `token_frames` (runs, a per-token index [L], or the frame count of a whole sequence);
+    audio_key/value [B, N, T, G, H, D], one group per latent frame. Returns [B, N, L, H, D]."""
+    outputs, start = [], 0
+    for first, count, per_frame in _runs_of(query, token_frames):
+        size = count * per_frame
+        outputs.append(face_audio_attention_per_frame(
+            query[:, start:start + size], face_key, face_value, audio_key[:, :, first:first + count],
+            audio_value[:, :, first:first + count], backend))
+        start += size
+    return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
+
+
 def temporal_audio_face_attention(
     query: torch.Tensor, face_key: torch.Tensor, face_value: torch.Tensor, audio_key: torch.Tensor,
-    audio_value: torch.Tensor, num_latent_frames: int, temporal_stride: int = 4, backend=None,
+    audio_value: torch.Tensor, token_frames: int | torch.Tensor | FrameRuns, temporal_stride: int = 4,
+    backend=None,
 ) -> torch.Tensor:
     """AFCA's per-identity attention under the release's temporal rule, grouped by latent frame.
 
     query [B, L, H, D]; face_key/value [B, N, Lf, H, D]; audio_key/value [B, N, F, tokens, H, D]
-    with F = stride*(T-1)+1. Returns [B, N, L, H, D], equal to attention under
-    `build_dense_temporal_mask` with the face tokens always visible.
+    with F = stride*(T-1)+1; token_frames: the latent frames of the query tokens (runs, a
+    per-token index [L], or T for a whole sequence). Returns [B, N, L, H, D], equal to attention
+    under `build_dense_temporal_mask` with the face tokens always visible.
     """
-    per_frame = query.shape[1] // num_latent_frames
+    num_latent_frames = (audio_key.shape[2] - 1) // temporal_stride + 1
     # Latent frame 0 (the reference frame) sees the whole clip's audio as one group.
-    outputs = [face_audio_attention_per_frame(
-        query[:, :per_frame], face_key, face_value, audio_key.flatten(2, 3).unsqueeze(2),
-        audio_value.flatten(2, 3).unsqueeze(2), backend)]
-    if num_latent_frames > 1:
-        # Latent frame j >= 1 sees only its own `stride` video frames of audio.
-        def groups(audio):
-            return audio[:, :, 1:].unflatten(2, (num_latent_frames - 1, temporal_stride)).flatten(3, 4)
+    def whole(audio):
+        return audio.flatten(2, 3).unsqueeze(2)
 
-        outputs.append(face_audio_attention_per_frame(
-            query[:, per_frame:], face_key, face_value, groups(audio_key), groups(audio_value), backend))
-    return torch.cat(outputs, dim=2)
+    # Latent frame j >= 1 sees only its own `stride` video frames of audio.
+    def groups(audio, first, count):
+        grouped = audio[:, :, 1:].unflatten(2, (num_latent_frames - 1, temporal_stride)).flatten(3, 4)
+        return grouped[:, :, first - 1:first - 1 + count]
+
+    outputs, start = [], 0
+    for first, count, per_frame in _runs_of(query, token_frames):
+        if first == 0:
+            outputs.append(face_audio_attention_per_frame(
+                query[:, start:start + per_frame], face_key, face_value, whole(audio_key), whole(audio_value),
+                backend))
+            start, first, count = start + per_frame, 1, count - 1
+        if count:
+            size = count * per_frame
+            outputs.append(face_audio_attention_per_frame(
+                query[:, start:start + size], face_key, face_value, groups(audio_key, first, count),
+                groups(audio_value, first, count), backend))
+            start += size
+    return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
 
 
 def _split_heads(tensor: torch.Tensor, heads: int) -> torch.Tensor:
@@ -97,10 +165,10 @@ class AnyTalkerCrossAttnProcessor:
     """Wan I2V cross-attention (text + CLIP image) plus, when the module has it, fused AFCA.
 
     output = to_out(A_text + A_image + sum_i mask_i * A_face_audio_i), one shared query.
+    Every attention here is local to the query tokens (no `_parallel_config`: see the module doc).
     """
 
     _attention_backend = None
-    _parallel_config = None
 
     def __call__(
         self,
@@ -113,7 +181,7 @@ class AnyTalkerCrossAttnProcessor:
         face_hidden_states: torch.Tensor | None = None,
         audio_hidden_states: torch.Tensor | None = None,
         face_token_masks: torch.Tensor | None = None,
-        num_latent_frames: int = 1,
+        frame_runs: int | torch.Tensor | FrameRuns = 1,
     ) -> torch.Tensor:
         heads, backend = attn.heads, self._attention_backend
         query = _split_heads(attn.norm_q(attn.to_q(hidden_states)), heads)
@@ -133,7 +201,7 @@ class AnyTalkerCrossAttnProcessor:
                 _split_heads(attn.to_v_face(face_hidden_states), heads),
                 _split_heads(attn.norm_k_audio(attn.to_k_audio(audio_hidden_states)), heads),
                 _split_heads(attn.to_v_audio(audio_hidden_states), heads),
-                num_latent_frames, attn.temporal_stride, backend,
+                frame_runs, attn.temporal_stride, backend,
             )
             out = out + _apply_token_masks(per_identity, face_token_masks)
         out = out.type_as(query)
@@ -164,10 +232,10 @@ class AnyTalkerAudioAttnProcessor:
 
     Each latent frame's queries attend, per identity, to [face tokens ; that frame's 32 audio
     tokens]; no q/k norms; per-identity outputs are masked by face region, summed, projected.
+    Local to the query tokens (no `_parallel_config`: see the module doc).
     """
 
     _attention_backend = None
-    _parallel_config = None
 
     def __call__(
         self,
@@ -176,15 +244,17 @@ class AnyTalkerAudioAttnProcessor:
         face_hidden_states: torch.Tensor,
         audio_hidden_states: torch.Tensor,
         face_token_masks: torch.Tensor | None = None,
+        frame_runs: int | torch.Tensor | FrameRuns | None = None,
     ) -> torch.Tensor:
         heads = attn.heads
         query = _split_heads(attn.to_q(hidden_states), heads)
         audio_key, audio_value = attn.to_kv(audio_hidden_states).chunk(2, dim=-1)
-        per_identity = face_audio_attention_per_frame(
+        per_identity = face_audio_attention_by_frame(
             query,
             _split_heads(attn.to_k_face(face_hidden_states), heads),
             _split_heads(attn.to_v_face(face_hidden_states), heads),
-            _split_heads(audio_key, heads), _split_heads(audio_value, heads), self._attention_backend,
+            _split_heads(audio_key, heads), _split_heads(audio_value, heads),
+            audio_hidden_states.shape[2] if frame_runs is None else frame_runs, self._attention_backend,
         )
         out = _apply_token_masks(per_identity, face_token_masks).type_as(query)
         return attn.to_out[1](attn.to_out[0](out))
@@ -205,5 +275,7 @@ class AnyTalkerAudioAttention(nn.Module, AttentionModuleMixin):
         self.to_out = nn.ModuleList([nn.Linear(dim, dim), nn.Dropout(0.0)])
         self.set_processor(processor or AnyTalkerAudioAttnProcessor())
 
-    def forward(self, hidden_states, face_hidden_states, audio_hidden_states, face_token_masks=None):
-        return self.processor(self, hidden_states, face_hidden_states, audio_hidden_states, face_token_masks)
+    def forward(self, hidden_states, face_hidden_states, audio_hidden_states, face_token_masks=None,
+                frame_runs=None):
+        return self.processor(self, hidden_states, face_hidden_states, audio_hidden_states, face_token_masks,
+                              frame_runs)

@@ -3,6 +3,10 @@
 Two released variants, chosen by `audio_attention`:
 - "fused" (1.3B): AFCA inside every block's cross-attention;
 - "separate" (14B): a per-latent-frame audio cross-attention after the I2V cross-attention.
+
+Context parallelism (`_cp_plan`, diffusers' `enable_parallelism`): the tokens, their rotary
+embeddings, face masks and latent-frame index are split on the sequence axis; self-attention runs
+Ulysses, every other attention is local to a rank's tokens; the output is gathered.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import torch
 import torch.nn as nn
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.loaders import PeftAdapterMixin
+from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
 from diffusers.models.attention import AttentionMixin, FeedForward
 from diffusers.models.cache_utils import CacheMixin
 from diffusers.models.embeddings import Timesteps
@@ -29,7 +34,7 @@ from diffusers.models.transformers.transformer_wan import (
 )
 from diffusers.utils import apply_lora_scale
 
-from .attention import AnyTalkerAudioAttention, AnyTalkerCrossAttention
+from .attention import AnyTalkerAudioAttention, AnyTalkerCrossAttention, FrameRuns, frame_runs, latent_frame_index
 from .audio_projection import AudioFrameProjector, AudioLatentFrameProjector
 
 AUDIO_ATTENTION_VARIANTS = ("fused", "separate")
@@ -50,6 +55,27 @@ class Float32Timesteps(Timesteps):
         exponent = torch.arange(half, dtype=torch.float32, device=timesteps.device).div(half)
         phase = torch.outer(position, torch.pow(10000, -exponent))
         return torch.cat([phase.cos(), phase.sin()], dim=-1)
+
+
+class TokenFrameIndex(nn.Module):
+    """The latent frame of every token, int64 [L] on the CPU (reading it needs no device sync).
+
+    A module so that the context-parallel plan splits its output with the tokens: the audio-face
+    attention groups a shard's queries by this index, not by their position in the shard.
+    """
+
+    def forward(self, num_frames: int, tokens_per_frame: int) -> torch.Tensor:
+        return latent_frame_index(num_frames, tokens_per_frame)
+
+
+class TokenMasks(nn.Module):
+    """Face masks on the token grid [B, N, T, h, w] (or [B, N, h, w] for every frame) -> [B, N, L],
+    frame-major like the tokens; a module so that the context-parallel plan splits its output."""
+
+    def forward(self, face_token_masks: torch.Tensor, num_frames: int) -> torch.Tensor:
+        if face_token_masks.ndim == 4:
+            face_token_masks = face_token_masks.unsqueeze(2).expand(-1, -1, num_frames, -1, -1)
+        return face_token_masks.flatten(2)
 
 
 class AnyTalkerTransformerBlock(nn.Module):
@@ -86,7 +112,7 @@ class AnyTalkerTransformerBlock(nn.Module):
         face_hidden_states: torch.Tensor | None,
         audio_hidden_states: torch.Tensor | None,
         face_token_masks: torch.Tensor | None,
-        num_latent_frames: int,
+        token_frames: FrameRuns,
     ) -> torch.Tensor:
         shift_msa, scale_msa, gate_msa, c_shift_msa, c_scale_msa, c_gate_msa = (
             self.scale_shift_table + temb.float()
@@ -102,11 +128,12 @@ class AnyTalkerTransformerBlock(nn.Module):
             image_hidden_states=image_hidden_states,
             face_hidden_states=face_hidden_states if fused else None,
             audio_hidden_states=audio_hidden_states if fused else None,
-            face_token_masks=face_token_masks, num_latent_frames=num_latent_frames,
+            face_token_masks=face_token_masks, frame_runs=token_frames,
         )
         if self.audio_attention == "separate" and face_hidden_states is not None:
             hidden_states = hidden_states + self.audio_attn(
-                self.norm_audio(hidden_states), face_hidden_states, audio_hidden_states, face_token_masks
+                self.norm_audio(hidden_states), face_hidden_states, audio_hidden_states, face_token_masks,
+                token_frames,
             )
 
         norm_hidden = (self.norm3(hidden_states.float()) * (1 + c_scale_msa) + c_shift_msa).type_as(hidden_states)
@@ -134,6 +161,18 @@ class AnyTalkerTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin
     _no_split_modules = ["AnyTalkerTransformerBlock"]
     _keep_in_fp32_modules = ["time_embedder", "scale_shift_table", "norm1", "norm2", "norm3"]
     _repeated_blocks = ["AnyTalkerTransformerBlock"]
+    # Split on the sequence axis: rotary outputs, the first block's tokens, the face masks and the
+    # latent-frame index (both used by every block); text / CLIP / face / audio context is not split.
+    _cp_plan = {
+        "rope": {
+            0: ContextParallelInput(split_dim=1, expected_dims=4, split_output=True),
+            1: ContextParallelInput(split_dim=1, expected_dims=4, split_output=True),
+        },
+        "blocks.0": {"hidden_states": ContextParallelInput(split_dim=1, expected_dims=3, split_output=False)},
+        "token_masks": {0: ContextParallelInput(split_dim=2, expected_dims=3, split_output=True)},
+        "token_frames": {0: ContextParallelInput(split_dim=0, expected_dims=1, split_output=True)},
+        "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
+    }
 
     @register_to_config
     def __init__(
@@ -168,6 +207,7 @@ class AnyTalkerTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin
         dim = num_attention_heads * attention_head_dim
 
         self.rope = WanRotaryPosEmbed(attention_head_dim, patch_size, rope_max_seq_len)
+        self.token_frames, self.token_masks = TokenFrameIndex(), TokenMasks()
         self.patch_embedding = nn.Conv3d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
         self.condition_embedder = WanTimeTextImageEmbedding(
             dim=dim, time_freq_dim=freq_dim, time_proj_dim=dim * 6, text_embed_dim=text_dim, image_embed_dim=image_dim
@@ -303,11 +343,12 @@ class AnyTalkerTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin
             # use_face_masks=False is the ablation of AFCA without its face-region masks (every
             # identity's audio reaches every token); the releases use them.
             if face_token_masks is not None and self.config.use_face_masks:
-                if face_token_masks.ndim == 4:
-                    face_token_masks = face_token_masks.unsqueeze(2).expand(-1, -1, grid[0], -1, -1)
-                masks = face_token_masks.flatten(2)  # [B, N, L], frame-major like the tokens
+                masks = self.token_masks(face_token_masks, grid[0])  # [B, N, L]
+        # Read once per forward: the audio-face attention groups this rank's tokens by frame.
+        token_frames = frame_runs(self.token_frames(grid[0], grid[1] * grid[2]))
 
-        block_args = (text_tokens, image_tokens, timestep_proj, rotary_emb, face_tokens, audio_tokens, masks, grid[0])
+        block_args = (text_tokens, image_tokens, timestep_proj, rotary_emb, face_tokens, audio_tokens, masks,
+                      token_frames)
         for block in self.blocks:
             if torch.is_grad_enabled() and self.gradient_checkpointing:
                 hidden_states = self._gradient_checkpointing_func(block, hidden_states, *block_args)

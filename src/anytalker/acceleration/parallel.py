@@ -1,0 +1,224 @@
+"""Several processes: one video on K of them (context parallelism), many videos over all of them.
+
+A launch (`torchrun --nproc_per_node P`, `accelerate launch`, several nodes) has `world_size`
+processes. They form `world_size / K` groups of K consecutive ranks; each group makes one video
+at a time with K-way Ulysses context parallelism, and the groups share a batch's videos
+(`anytalker.pipeline.batch`). K = 1 is plain data parallelism, with no communication at all.
+
+Inside a group (K > 1):
+- the transformer is split on the sequence axis by its `_cp_plan`; only self-attention
+  communicates (Ulysses all-to-all over heads), and every rank ends each step with the full
+  prediction, so every rank runs the same scheduler step on the same latents;
+- the encoders (umT5, CLIP, wav2vec2) and the VAE run once, on the group's first rank (the
+  writer), and their outputs are broadcast to the group (`share_pipeline_work`);
+- only the writer writes files.
+
+On CUDA the transformer is set up with diffusers' `enable_parallelism`; on a CPU-only host that
+call fails (it divides by the accelerator count), so the same hooks are installed by hand on
+gloo processes (`enable_context_parallel`): that is how the tests run.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ..pipeline.settings import SettingsError
+
+# Pipeline steps that run on the writer only (their outputs are broadcast to the group).
+SHARED_PIPELINE_STEPS = ("encode_prompt", "encode_image", "encode_audio", "prepare_latents", "decode")
+
+
+def _plain(name: str) -> str:
+    return name
+
+
+def launch_env() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) of this process: torch.distributed's once initialised, else
+    the launcher's environment (RANK / WORLD_SIZE / LOCAL_RANK, as torchrun and accelerate set
+    them, across nodes), else (0, 1, 0)."""
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size(), local
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), local
+
+
+@dataclass(frozen=True)
+class ParallelSettings:
+    """How the processes of a launch share the work.
+
+    context_parallel: K processes make each video together (Ulysses degree); the launch's
+    process count must be a multiple of K. ulysses_anything: diffusers' Ulysses for head counts
+    and token counts K does not divide (uneven all-to-all, slower); switched on by itself when
+    the heads do not divide.
+    """
+
+    context_parallel: int = 1
+    ulysses_anything: bool = False
+
+    def validate(self, label: Callable[[str], str] = _plain, world_size: int | None = None) -> "ParallelSettings":
+        degree = self.context_parallel
+        if isinstance(degree, bool) or not isinstance(degree, int) or degree < 1:
+            raise SettingsError("context_parallel", f"{label('context_parallel')} must be a positive integer, "
+                                                    f"got {degree!r}")
+        world = launch_env()[1] if world_size is None else world_size
+        if world % degree:
+            raise SettingsError("context_parallel", f"{label('context_parallel')} {degree} does not divide the "
+                                                    f"{world} launched processes: each group of {degree} makes "
+                                                    f"one video (launch a multiple of {degree} processes)")
+        return self
+
+
+@dataclass
+class ParallelContext:
+    """This process's place in the launch. Ranks g*K .. g*K+K-1 form group g; its first rank writes."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    context_parallel: int = 1
+    ulysses_anything: bool = False
+    mesh: object = None  # DeviceMesh ("batch", "ring", "ulysses") when context_parallel > 1
+
+    @property
+    def num_groups(self) -> int:
+        return self.world_size // self.context_parallel
+
+    @property
+    def group(self) -> int:
+        return self.rank // self.context_parallel
+
+    @property
+    def group_rank(self) -> int:
+        return self.rank % self.context_parallel
+
+    @property
+    def leader(self) -> int:
+        """Global rank of the group's writer."""
+        return self.group * self.context_parallel
+
+    @property
+    def is_writer(self) -> bool:
+        return self.group_rank == 0
+
+    @property
+    def process_group(self):
+        """The group's torch.distributed process group (None without context parallelism)."""
+        return None if self.mesh is None else self.mesh["ulysses"].get_group()
+
+
+def start_parallel(settings: ParallelSettings, device: str | None = None) -> ParallelContext:
+    """Joins the launch: pins this process's GPU and, with context parallelism, initialises
+    torch.distributed ("cpu:gloo,cuda:nccl" on GPUs, gloo on the CPU) and the device mesh.
+    Plain data parallelism (K = 1) needs no process group: a failed rank cannot stall the others."""
+    rank, world, local = launch_env()
+    settings.validate(world_size=world)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda":
+        torch.cuda.set_device(local % torch.cuda.device_count())
+    degree, mesh = settings.context_parallel, None
+    if degree > 1:
+        dist = torch.distributed
+        if not dist.is_initialized():
+            dist.init_process_group("cpu:gloo,cuda:nccl" if device == "cuda" else "gloo", rank=rank, world_size=world)
+        mesh = dist.device_mesh.init_device_mesh(device, (world // degree, 1, degree),
+                                                 mesh_dim_names=("batch", "ring", "ulysses"))
+    return ParallelContext(rank, world, local, degree, settings.ulysses_anything, mesh)
+
+
+def enable_context_parallel(transformer, context: ParallelContext, plan: dict | None = None) -> None:
+    """K-way Ulysses on `transformer` over `context`'s group, on any context-parallel-capable
+    attention backend. `plan`: the model's `_cp_plan` unless given (tests pass a broken one)."""
+    from diffusers import ContextParallelConfig, ParallelConfig
+    from diffusers.hooks.context_parallel import apply_context_parallel
+    from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
+
+    degree = context.context_parallel
+    if degree < 2:
+        return
+    heads = transformer.config.num_attention_heads
+    config = ContextParallelConfig(ulysses_degree=degree, mesh=context.mesh,
+                                   ulysses_anything=context.ulysses_anything or heads % degree != 0)
+    plan = transformer._cp_plan if plan is None else plan
+    device = next(transformer.parameters()).device
+    if device.type == "cuda":
+        transformer.enable_parallelism(config=config, cp_plan=plan)
+        return
+    # CPU: enable_parallelism's steps without its accelerator lookup.
+    processors = [module.processor for module in transformer.modules() if hasattr(module, "processor")]
+    for processor in processors:
+        backend = getattr(processor, "_attention_backend", None)
+        backend = AttentionBackendName(backend) if backend else _AttentionBackendRegistry.get_active_backend()[0]
+        if hasattr(processor, "_parallel_config") and not _AttentionBackendRegistry._is_context_parallel_available(
+                backend):
+            raise ValueError(f"attention backend {backend.value!r} does not support context parallelism; choose "
+                             f"one of {sorted(_AttentionBackendRegistry._supports_context_parallel)}")
+    parallel = ParallelConfig(context_parallel_config=config)
+    parallel.setup(context.rank, context.world_size, device, mesh=context.mesh)
+    transformer._parallel_config = parallel
+    for processor in processors:
+        if hasattr(processor, "_parallel_config"):  # self-attention only (see models.attention)
+            processor._parallel_config = parallel
+    apply_context_parallel(transformer, config, plan)
+
+
+def broadcast(value, context: ParallelContext):
+    """`value` (a tensor or a tuple of tensors; anything on the other ranks) from the group's
+    writer to every rank of the group. Tensors arrive contiguous on the writer's device type
+    (this rank's device); the writer returns contiguous copies too, so every rank holds the same bits."""
+    dist = torch.distributed
+    group = context.process_group
+    single = torch.is_tensor(value)
+    if context.is_writer:
+        tensors = [t.contiguous() for t in ((value,) if single else value)]
+        header = [(single, [(t.shape, t.dtype, t.device.type) for t in tensors])]
+    else:
+        header = [None]
+    dist.broadcast_object_list(header, src=context.leader, group=group)
+    single, specs = header[0]
+    if not context.is_writer:
+        tensors = [torch.empty(shape, dtype=dtype, device=_local_device(kind, context))
+                   for shape, dtype, kind in specs]
+    for tensor in tensors:
+        dist.broadcast(tensor, src=context.leader, group=group)
+    return tensors[0] if single else tuple(tensors)
+
+
+def _local_device(kind: str, context: ParallelContext) -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if kind == "cuda" else torch.device(kind)
+
+
+def broadcast_object(value, context: ParallelContext):
+    """A picklable `value` from the group's writer to the group (itself without context parallelism)."""
+    if context.process_group is None:
+        return value
+    holder = [value if context.is_writer else None]
+    torch.distributed.broadcast_object_list(holder, src=context.leader, group=context.process_group)
+    return holder[0]
+
+
+def share_pipeline_work(pipe, context: ParallelContext) -> None:
+    """The pipeline's encoders and VAE steps (`SHARED_PIPELINE_STEPS`) run on the group's writer
+    only; the other ranks receive their outputs. (The denoising steps need every rank.)"""
+    if context.context_parallel < 2:
+        return
+    for name in SHARED_PIPELINE_STEPS:
+        step = getattr(pipe, name)
+
+        @functools.wraps(step)
+        def shared(*args, _step=step, **kwargs):
+            return broadcast(_step(*args, **kwargs) if context.is_writer else None, context)
+
+        setattr(pipe, name, shared)
+
+
+def parallelize(loaded, context: ParallelContext):
+    """A `LoadedPipeline` set up for its group: context-parallel transformer, shared encoders."""
+    if context.context_parallel > 1:
+        enable_context_parallel(loaded.pipe.transformer, context)
+        share_pipeline_work(loaded.pipe, context)
+    return loaded
