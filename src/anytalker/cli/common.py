@@ -7,13 +7,19 @@ import argparse
 import sys
 
 from ..pipeline.settings import (
+    CACHES,
     DTYPES,
+    OFFLOADS,
+    PRESETS,
+    QUANTIZATIONS,
     SCHEDULERS,
     VARIANTS,
     InputSettings,
     ModelSettings,
     SamplingSettings,
+    SpeedSettings,
     flag_label,
+    parse_lora,
     parse_size,
 )
 
@@ -35,6 +41,53 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_model: str = "c
     parser.add_argument("--scheduler", choices=SCHEDULERS, default="unipc",
                         help="unipc: the release's UniPC with flow sigmas; euler: flow-match Euler")
     parser.add_argument("--flow-shift", type=float, default=None, help="sigma shift (default 3.0, the release's at 480p)")
+    add_speed_arguments(parser)
+
+
+def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
+    """The speed stack (anytalker.acceleration): each flag a field of SpeedSettings."""
+    speed = parser.add_argument_group("speed")
+    speed.add_argument("--attention-backend", default=None,
+                       help="diffusers attention backend: native (default), flash, _flash_3, sage, flex, ... "
+                            "(checked to be installed before weights load)")
+    speed.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
+                       help="LoRA file (Wan-original, musubi or diffusers keys), repeatable; scale default 1")
+    speed.add_argument("--fuse-lora", action=argparse.BooleanOptionalAction, default=True,
+                       help="merge LoRAs into the weights (default) or run them as separate layers")
+    speed.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                       help="few-step: 4 steps, guidance 1, euler, shift 5 (for distillation LoRAs); flags win")
+    speed.add_argument("--quantize", choices=QUANTIZATIONS, default=None,
+                       help="fp8-storage: fp8 weights upcast per layer; int8 / fp8: torchao weight-only")
+    speed.add_argument("--offload", choices=OFFLOADS, default=None,
+                       help="model: CPU offload per component; block / leaf: group offload of the transformer")
+    speed.add_argument("--offload-blocks", type=int, default=1, help="blocks per group for --offload block")
+    speed.add_argument("--compile", action="store_true", help="torch.compile the repeated transformer blocks")
+    speed.add_argument("--cache", choices=CACHES, default=None, help="step cache")
+    speed.add_argument("--cache-threshold", type=float, default=None,
+                       help="skip threshold (first-block 0.05, magcache 0.06, teacache 0.1 by default)")
+    speed.add_argument("--cache-interval", type=int, default=None, help="taylorseer: one full step every N (3)")
+    speed.add_argument("--cache-warmup", type=int, default=None, help="first steps always computed")
+    speed.add_argument("--cache-patterns", default=None,
+                       help="taylorseer: comma-separated regexes of the modules to predict (default proj_out, "
+                            "blocks skipped)")
+    speed.add_argument("--cache-calibration", default=None,
+                       help="magcache / teacache ratios: a name in the model folder or a JSON file "
+                            "(anytalker calibrate-cache)")
+
+
+def speed_settings(args: argparse.Namespace) -> SpeedSettings | None:
+    """SpeedSettings from the flags (None when none is used); checked with the model settings."""
+    def get(name, default=None):
+        return getattr(args, name, default)
+
+    patterns = tuple(p for p in get("cache_patterns").split(",") if p) if get("cache_patterns") else None
+    speed = SpeedSettings(
+        attention_backend=get("attention_backend"), lora=tuple(parse_lora(v) for v in get("lora", []) or []),
+        fuse_lora=get("fuse_lora", True), preset=get("preset"), quantize=get("quantize"), offload=get("offload"),
+        offload_blocks=get("offload_blocks", 1), compile=get("compile", False), cache=get("cache"),
+        cache_threshold=get("cache_threshold"), cache_interval=get("cache_interval"),
+        cache_warmup=get("cache_warmup"), cache_patterns=patterns, cache_calibration=get("cache_calibration"))
+    return None if speed == SpeedSettings() else speed
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,7 +111,8 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
 def model_settings(args: argparse.Namespace) -> ModelSettings:
     """ModelSettings from the flags, validated (SettingsError names the flag)."""
     return ModelSettings(model=args.model, variant=args.variant, dtype=args.dtype, cpu_offload=args.cpu_offload,
-                         scheduler=args.scheduler, flow_shift=args.flow_shift, seed=args.seed).validate(flag_label)
+                         scheduler=args.scheduler, flow_shift=args.flow_shift, seed=args.seed,
+                         speed=speed_settings(args)).validate(flag_label)
 
 
 def sampling_settings(args: argparse.Namespace, model: ModelSettings) -> SamplingSettings:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
 from diffusers.loaders import PeftAdapterMixin
 from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
 from diffusers.models.attention import AttentionMixin, FeedForward
@@ -139,6 +140,12 @@ class AnyTalkerTransformerBlock(nn.Module):
         norm_hidden = (self.norm3(hidden_states.float()) * (1 + c_scale_msa) + c_shift_msa).type_as(hidden_states)
         ff_output = self.ffn(norm_hidden)
         return (hidden_states.float() + ff_output.float() * c_gate_msa).type_as(hidden_states)
+
+
+# diffusers' step caches (first-block, MagCache, ...) find blocks by exact class in this registry:
+# a block returns its hidden states alone, and reads no encoder states it would return.
+TransformerBlockRegistry.register(AnyTalkerTransformerBlock, TransformerBlockMetadata(
+    return_hidden_states_index=0, return_encoder_hidden_states_index=None))
 
 
 class AnyTalkerTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, AttentionMixin):

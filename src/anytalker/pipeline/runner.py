@@ -45,12 +45,26 @@ def bundled_puppets_folder() -> Path:
 
 
 def model_defaults(settings: ModelSettings) -> dict:
-    """Sampling defaults of a model, known before it loads (they fill `SamplingSettings` Nones)."""
+    """Sampling defaults of a model, known before it loads (they fill `SamplingSettings` Nones);
+    a speed preset's (`SpeedSettings.preset`) replace the model's."""
     if settings.model == RANDOM_TINY:
-        return dict(RANDOM_TINY_DEFAULTS)
-    if settings.model == PUPPETS_TINY or Path(settings.model).resolve() == bundled_puppets_folder().resolve():
-        return dict(PUPPETS_TINY_DEFAULTS)
-    return dict(RELEASE_DEFAULTS)
+        defaults = dict(RANDOM_TINY_DEFAULTS)
+    elif settings.model == PUPPETS_TINY or Path(settings.model).resolve() == bundled_puppets_folder().resolve():
+        defaults = dict(PUPPETS_TINY_DEFAULTS)
+    else:
+        defaults = dict(RELEASE_DEFAULTS)
+    if settings.speed is not None and settings.speed.preset:
+        from .settings import PRESETS
+
+        defaults.update(PRESETS[settings.speed.preset]["sampling"])
+    return defaults
+
+
+def model_folder(settings: ModelSettings) -> Path | None:
+    """The folder a model was loaded from (cache calibrations live there); None for random-tiny."""
+    if settings.model == RANDOM_TINY:
+        return None
+    return bundled_puppets_folder() if settings.model == PUPPETS_TINY else Path(settings.model)
 
 
 @dataclass
@@ -61,6 +75,8 @@ class LoadedPipeline:
     device: str
     settings: ModelSettings
     defaults: dict = field(default_factory=dict)
+    speed: dict = field(default_factory=dict)  # what the speed stack applied (anytalker.acceleration)
+    cache: object = None  # acceleration.caches.CacheSetup, enabled per video
 
 
 @dataclass
@@ -119,21 +135,22 @@ def build_pipeline(settings: ModelSettings, device: str | None = None):
 
 
 def load_pipeline(settings: ModelSettings, progress: bool = True) -> LoadedPipeline:
-    """`build_pipeline`, then the scheduler chosen and the components moved to the GPU (or offloaded)."""
+    """`build_pipeline`, then the scheduler chosen, the speed stack applied (`settings.speed`:
+    anytalker.acceleration) and the components moved to the GPU (or offloaded)."""
     import torch
+
+    from ..acceleration.stack import apply_speed
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     pipe = build_pipeline(settings, device)
-    if settings.scheduler != "unipc" or settings.flow_shift is not None:
+    scheduler, flow_shift = settings.resolved_scheduler()
+    if scheduler != "unipc" or flow_shift is not None:
         from .scheduling import RELEASE_FLOW_SHIFT, make_scheduler
 
-        pipe.scheduler = make_scheduler(settings.scheduler, settings.flow_shift or RELEASE_FLOW_SHIFT)
-    if settings.cpu_offload:
-        pipe.enable_model_cpu_offload()
-    else:
-        pipe.to(device)
+        pipe.scheduler = make_scheduler(scheduler, flow_shift or RELEASE_FLOW_SHIFT)
+    applied, cache = apply_speed(pipe, settings, device, model_folder(settings))
     pipe.set_progress_bar_config(disable=not progress)
-    return LoadedPipeline(pipe, device, settings, model_defaults(settings))
+    return LoadedPipeline(pipe, device, settings, model_defaults(settings), applied, cache)
 
 
 def wrap_pipeline(pipe, settings: ModelSettings | None = None, device: str = "cpu") -> LoadedPipeline:
@@ -182,6 +199,10 @@ def generate(model: LoadedPipeline, inputs: GenerationInputs | PreparedTask, sam
     sampling = resolved_sampling(model, sampling)
     pipe = model.pipe
     height, width = sampling.size or choose_resolution(*inputs.image.shape[:2], area=sampling.area)
+    if model.cache is not None:
+        from ..acceleration.caches import ensure_cache
+
+        ensure_cache(pipe.transformer, model.cache, sampling.steps)
 
     def step_end(pipeline, step, timestep, callback_kwargs):
         if on_step is not None:
@@ -205,6 +226,8 @@ def generate(model: LoadedPipeline, inputs: GenerationInputs | PreparedTask, sam
     info = {**result.info, "seed": sampling.seed, "model": model.settings.model, "variant": model.settings.variant,
             "scheduler": type(pipe.scheduler).__name__, "flow_shift": config.get("flow_shift", config.get("shift")),
             "dtype": str(pipe.transformer.dtype), "device": model.device}
+    if model.speed or model.cache is not None:
+        info["speed"] = {**model.speed, **({"cache": model.cache.describe()} if model.cache is not None else {})}
     return GenerationResult(result.frames, info)
 
 

@@ -8,6 +8,8 @@ Errors name the field as the caller spells it (`label`), e.g. `--steps` for the 
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 
@@ -16,6 +18,13 @@ VARIANTS = ("1.3B", "14B")
 SCHEDULERS = ("unipc", "euler")
 SPATIAL_MULTIPLE = 16  # VAE stride 8 x patch 2
 TEMPORAL_STRIDE = 4
+QUANTIZATIONS = ("fp8-storage", "int8", "fp8")  # layerwise fp8 storage; torchao int8 / fp8 weight-only
+OFFLOADS = ("model", "block", "leaf")  # model CPU offload; group offload by block or by leaf module
+CACHES = ("first-block", "magcache", "taylorseer", "teacache")
+# Presets fill what the user left unset: sampling defaults, and the scheduler and flow shift where those
+# are the library's defaults (unipc, no --flow-shift). few-step: distillation LoRAs (LightX2V / CausVid
+# style) sample 4 steps without guidance on flow-match Euler with a larger shift.
+PRESETS = {"few-step": {"sampling": {"steps": 4, "guidance_scale": 1.0}, "scheduler": "euler", "flow_shift": 5.0}}
 
 Label = Callable[[str], str]
 
@@ -71,6 +80,7 @@ class ModelSettings:
     scheduler: str = "unipc"
     flow_shift: float | None = None  # default: the release's 3.0
     seed: int = 0  # random-tiny's weights
+    speed: "SpeedSettings | None" = None  # attention backend, LoRA, quantization, offload, compile, caches
 
     def validate(self, label: Label = _plain) -> "ModelSettings":
         if not self.model:
@@ -90,7 +100,127 @@ class ModelSettings:
             if not torch.cuda.is_available():
                 raise SettingsError("cpu_offload", f"{label('cpu_offload')} needs a GPU (idle components wait in "
                                                    "CPU memory while one runs on the GPU)")
+        if self.speed is not None:
+            self.speed.validate(label)
+            if self.cpu_offload and self.speed.offload not in (None, "model"):
+                raise SettingsError("offload", f"{label('cpu_offload')} and {label('offload')} "
+                                               f"{self.speed.offload}: choose one way of offloading")
         return self
+
+    @property
+    def offload(self) -> str | None:
+        """How weights are offloaded: "model" (cpu_offload), "block" / "leaf" (group offload) or None."""
+        return "model" if self.cpu_offload else (self.speed.offload if self.speed else None)
+
+    def resolved_scheduler(self) -> tuple[str, float | None]:
+        """(scheduler, flow_shift) with a speed preset's values where these are left at the defaults
+        (scheduler unipc, no flow_shift)."""
+        preset = PRESETS.get(self.speed.preset) if self.speed and self.speed.preset else None
+        if preset is None:
+            return self.scheduler, self.flow_shift
+        scheduler = preset["scheduler"] if self.scheduler == "unipc" else self.scheduler
+        return scheduler, self.flow_shift if self.flow_shift is not None else preset["flow_shift"]
+
+
+@dataclass(frozen=True)
+class SpeedSettings:
+    """The speed stack (`anytalker.acceleration`), applied by `runner.load_pipeline`; None/empty = off.
+
+    attention_backend: diffusers' attention backend (`native`, `flash`, `_flash_3`, `sage`, ...;
+        `acceleration.backends.backend_choices()`), checked to be installed before weights load.
+    lora: (file, scale) pairs: Wan-original, musubi or diffusers key layouts; fuse_lora merges them
+        into the weights (unfuse with `acceleration.lora.unfuse_loras`). preset: `few-step`.
+    quantize: `fp8-storage` (fp8 weights, upcast per layer), `int8` / `fp8` (torchao weight-only).
+    offload: `model` (CPU offload), `block` / `leaf` (group offload; offload_blocks blocks a group).
+    compile: regional torch.compile of the repeated transformer blocks.
+    cache: `first-block`, `magcache`, `taylorseer` or `teacache` step caching; cache_threshold
+        (first-block / magcache / teacache), cache_interval (taylorseer), cache_warmup (steps always
+        computed first), cache_patterns (taylorseer's module regexes), cache_calibration (a name in
+        the model folder or a JSON file from `anytalker calibrate-cache`; magcache / teacache).
+    """
+
+    attention_backend: str | None = None
+    lora: tuple[tuple[str, float], ...] = ()
+    fuse_lora: bool = True
+    preset: str | None = None
+    quantize: str | None = None
+    offload: str | None = None
+    offload_blocks: int = 1
+    compile: bool = False
+    cache: str | None = None
+    cache_threshold: float | None = None
+    cache_interval: int | None = None
+    cache_warmup: int | None = None
+    cache_patterns: tuple[str, ...] | None = None
+    cache_calibration: str | None = None
+
+    def validate(self, label: Label = _plain) -> "SpeedSettings":
+        from pathlib import Path
+
+        from ..acceleration import backends
+
+        if self.attention_backend is not None:
+            problem = backends.backend_problem(self.attention_backend)
+            if problem:
+                raise SettingsError("attention_backend", f"{label('attention_backend')} {self.attention_backend}: "
+                                                         f"{problem}")
+        for path, scale in self.lora:
+            if not Path(path).is_file():
+                raise SettingsError("lora", f"{label('lora')} {path}: no such file")
+            if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+                raise SettingsError("lora", f"{label('lora')} {path}: scale must be a finite number, got {scale!r}")
+        choices = (("preset", PRESETS), ("quantize", QUANTIZATIONS), ("offload", OFFLOADS), ("cache", CACHES))
+        for name, allowed in choices:
+            value = getattr(self, name)
+            if value is not None and value not in allowed:
+                raise SettingsError(name, f"{label(name)} {value!r}: choose from {', '.join(allowed)}")
+        if self.quantize in ("int8", "fp8"):
+            from ..acceleration.quantization import torchao_problem
+
+            problem = torchao_problem()
+            if problem:
+                raise SettingsError("quantize", f"{label('quantize')} {self.quantize}: {problem}")
+        if self.lora and self.quantize and not self.fuse_lora:
+            raise SettingsError("fuse_lora", f"{label('lora')} with {label('quantize')} needs fused LoRAs (they are "
+                                             f"merged before the weights are quantized)")
+        if self.offload == "model":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise SettingsError("offload", f"{label('offload')} model needs a GPU")
+        if isinstance(self.offload_blocks, bool) or not isinstance(self.offload_blocks, int) or self.offload_blocks < 1:
+            raise SettingsError("offload_blocks", f"{label('offload_blocks')} must be >= 1, got {self.offload_blocks}")
+        if self.cache_threshold is not None and not self.cache_threshold > 0:
+            raise SettingsError("cache_threshold", f"{label('cache_threshold')} must be positive, "
+                                                   f"got {self.cache_threshold}")
+        for name, least in (("cache_interval", 1), ("cache_warmup", 0)):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+                raise SettingsError(name, f"{label(name)} must be an integer >= {least}, got {value}")
+        for pattern in self.cache_patterns or ():
+            try:
+                re.compile(pattern)
+            except re.error as problem:
+                raise SettingsError("cache_patterns", f"{label('cache_patterns')} {pattern!r}: {problem}") from None
+        tuning = [name for name in ("cache_threshold", "cache_interval", "cache_warmup", "cache_patterns",
+                                    "cache_calibration") if getattr(self, name) is not None]
+        if tuning and self.cache is None:
+            raise SettingsError(tuning[0], f"{label(tuning[0])} needs {label('cache')}")
+        calibration = self.cache_calibration
+        if calibration and (calibration.endswith(".json") or "/" in calibration) and not Path(calibration).is_file():
+            raise SettingsError("cache_calibration", f"{label('cache_calibration')} {calibration}: no such file")
+        return self
+
+
+def parse_lora(text: str, label: str = "--lora") -> tuple[str, float]:
+    """"FILE[:SCALE]" -> (file, scale); scale 1 when not given."""
+    path, sep, scale = text.rpartition(":")
+    if not sep or not path:
+        return text, 1.0
+    try:
+        return path, float(scale)
+    except ValueError:
+        return text, 1.0  # a path with a colon in it
 
 
 @dataclass(frozen=True)
