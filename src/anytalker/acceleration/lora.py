@@ -17,6 +17,7 @@ the user's scale. `.diff` full-weight deltas and norm keys are not applied and a
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -196,7 +197,9 @@ def load_loras(transformer, loras: Sequence[tuple[str | os.PathLike | Mapping, f
         level = logging.get_verbosity()
         logging.set_verbosity_error()
         try:
-            transformer.load_lora_adapter(converted, prefix="transformer", adapter_name=name)
+            with warnings.catch_warnings():  # peft: "Already found a `peft_config`" for a second adapter
+                warnings.simplefilter("ignore", UserWarning)
+                transformer.load_lora_adapter(converted, prefix="transformer", adapter_name=name)
         finally:
             logging.set_verbosity(level)
         reports.append(LoraReport(path, name, float(scale), **info))

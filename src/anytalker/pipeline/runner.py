@@ -14,6 +14,7 @@ video from `SamplingSettings`, write it.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -148,7 +149,8 @@ def load_pipeline(settings: ModelSettings, progress: bool = True) -> LoadedPipel
         from .scheduling import RELEASE_FLOW_SHIFT, make_scheduler
 
         pipe.scheduler = make_scheduler(scheduler, flow_shift or RELEASE_FLOW_SHIFT)
-    applied, cache = apply_speed(pipe, settings, device, model_folder(settings))
+    applied, cache = apply_speed(pipe, settings, device, model_folder(settings),
+                                 log=(lambda line: print(line, file=sys.stderr)) if progress else None)
     pipe.set_progress_bar_config(disable=not progress)
     return LoadedPipeline(pipe, device, settings, model_defaults(settings), applied, cache)
 
