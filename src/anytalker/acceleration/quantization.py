@@ -84,9 +84,10 @@ def tensor_bytes(tensor: torch.Tensor) -> int:
     return tensor.numel() * tensor.element_size()
 
 
-def weight_bytes(module: nn.Module) -> int:
-    """Bytes of every parameter and buffer of `module` as stored."""
-    return sum(tensor_bytes(t) for t in module.parameters()) + sum(tensor_bytes(b) for b in module.buffers())
+def weight_bytes(module: nn.Module, buffers: bool = False) -> int:
+    """Bytes of every parameter (and with `buffers`, buffer such as rope tables) of `module` as stored."""
+    total = sum(tensor_bytes(t) for t in module.parameters())
+    return total + (sum(tensor_bytes(b) for b in module.buffers()) if buffers else 0)
 
 
 def apply_offload(pipe, mode: str | None, device: str, blocks: int = 1) -> None:
@@ -114,3 +115,48 @@ def apply_offload(pipe, mode: str | None, device: str, blocks: int = 1) -> None:
             apply_group_offloading(component, **kwargs)
         else:
             component.to(device)
+
+
+def weight_memory(config: dict, mode: str | None, dtype: torch.dtype = torch.bfloat16) -> dict:
+    """Bytes of an AnyTalkerTransformer's weights with `config` (e.g. the 1.3B release's) loaded in
+    `dtype` (the `_keep_in_fp32_modules` in float32, as loading does) and then `mode`, without
+    allocating the model: it is built on the meta device; fp8-storage casts the meta tensors; for
+    int8 / fp8 one real layer of each distinct quantized shape is materialised, quantized with
+    torchao and measured, and that size counted for every layer of the shape.
+    Returns {"bytes", "parameters", "quantized_layers"}."""
+    from accelerate import init_empty_weights
+
+    from ..models import AnyTalkerTransformer
+
+    with init_empty_weights():
+        model = AnyTalkerTransformer.from_config(config)
+    keep = tuple(model._keep_in_fp32_modules)
+    for name, module in model.named_modules():
+        for pname, param in list(module.named_parameters(recurse=False)):
+            fp32 = any(part in f"{name}.{pname}".split(".") for part in keep)
+            param.data = param.data.to(torch.float32 if fp32 else dtype)
+    if mode == "fp8-storage":
+        quantize_weights(model, mode, dtype)
+    measured: dict[tuple, int] = {}
+    total, quantized = 0, 0
+    for name, module in model.named_modules():
+        own = list(module.parameters(recurse=False))
+        if mode in ("int8", "fp8") and in_blocks(module, name):
+            shape = (module.out_features, module.in_features)
+            if shape not in measured:
+                real = nn.Linear(module.in_features, module.out_features, bias=False, dtype=dtype)
+                quantize_weights(_Holder(real), mode, dtype)
+                measured[shape] = tensor_bytes(real.weight)
+            total += measured[shape] + (tensor_bytes(module.bias) if module.bias is not None else 0)
+            quantized += 1
+        else:
+            total += sum(tensor_bytes(p) for p in own)
+    return {"bytes": total, "parameters": sum(p.numel() for p in model.parameters()), "quantized_layers": quantized}
+
+
+class _Holder(nn.Module):
+    """One linear layer under the name `blocks.0`, so `in_blocks` selects it."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.blocks = nn.ModuleList([linear])
