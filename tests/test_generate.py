@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from conftest import REPO_ROOT
 
+import anytalker.pipeline.conditioning as conditioning_module
 import anytalker.pipeline.pipeline_anytalker as pipeline_module
 from anytalker import cli
 from anytalker.pipeline import runner
@@ -474,7 +475,7 @@ def _inputs(seconds, seed=0):
 
 def test_windows_carry_motion_frames(tiny_pipe, monkeypatch):
     conditions, decoded = [], []
-    real_encode, real_decode = pipeline_module.encode_video, pipeline_module.decode_latents
+    real_encode, real_decode = conditioning_module.encode_video, pipeline_module.decode_latents
 
     def spy_encode(vae, video, *args, **kwargs):
         conditions.append(video.detach().clone())
@@ -485,7 +486,7 @@ def test_windows_carry_motion_frames(tiny_pipe, monkeypatch):
         decoded.append(frames.detach().float().clone())
         return frames
 
-    monkeypatch.setattr(pipeline_module, "encode_video", spy_encode)
+    monkeypatch.setattr(conditioning_module, "encode_video", spy_encode)
     monkeypatch.setattr(pipeline_module, "decode_latents", spy_decode)
     image, audio, boxes = _inputs(1.25)  # 30 frames at 24 fps -> 33 generated (4n+1)
     result = tiny_pipe(image, audio, boxes, prompt="a man talking", height=32, width=48, fps=24,

@@ -1,4 +1,11 @@
-"""AnyTalkerPipeline: the diffusers pipeline that composes AnyTalker's components."""
+"""AnyTalkerPipeline: the diffusers pipeline that composes AnyTalker's components.
+
+`__call__` runs diffusers' numbered steps (as `pipelines/wan/pipeline_wan_i2v.py`): 1. `check_inputs`,
+2. encode (`encode_prompt`, `encode_image`, `encode_audio`), then for each long-video window
+3. `prepare_latents` (noise and the condition y), 4. `denoise` (the step loop), 5. `decode`; at the
+end the windows are stitched into the video. Every condition comes from
+`anytalker.pipeline.conditioning`, the functions the trainer and the puppets cache call too.
+"""
 
 from __future__ import annotations
 
@@ -10,22 +17,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import AutoencoderKLWan, DiffusionPipeline, UniPCMultistepScheduler
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPVisionModel, UMT5EncoderModel, Wav2Vec2Model
 
-from ..encoders.image import encode_clip_image
-from ..encoders.text import encode_prompts
-from ..encoders.vae import decode_latents, encode_video
-from ..encoders.wav2vec import WAV2VEC_SAMPLE_RATE, AudioFeatureEncoder
+from ..audio.io import SAMPLE_RATE
+from ..encoders.vae import decode_latents
+from ..encoders.wav2vec import AudioFeatureEncoder
 from ..faces.detection import FaceBox
-from ..faces.masks import box_mask, expand_mask, mask_channels, token_mask
 from ..models import AnyTalkerTransformer
 from ..utils.atomic import atomic_directory
+from . import conditioning
+from .conditioning import reference_latents
 from .release import load_release_components, release_folder
 from .schedule import choose_resolution, frames_for_duration, latent_aligned, plan_windows
+from .settings import SamplingSettings
 
 # Wan2.1's default negative prompt (the release samples with it).
 DEFAULT_NEGATIVE_PROMPT = (
@@ -44,6 +52,11 @@ class AnyTalkerPipelineOutput(BaseOutput):
     info: dict = field(default_factory=dict)
 
 
+def guidance_passes(audio_guidance_scale: float | None) -> int:
+    """Passes of one batched forward: [cond, uncond], or [cond, text only, uncond] with an audio scale."""
+    return 2 if audio_guidance_scale is None else 3
+
+
 def combine_guidance(predictions: torch.Tensor, guidance_scale: float, audio_guidance_scale: float | None):
     """Classifier-free guidance over the passes of one batched forward.
 
@@ -56,15 +69,6 @@ def combine_guidance(predictions: torch.Tensor, guidance_scale: float, audio_gui
         return uncond + guidance_scale * (cond - uncond)
     cond, text, uncond = predictions.chunk(3)
     return uncond + guidance_scale * (text - uncond) + audio_guidance_scale * (cond - text)
-
-
-def reference_latents(vae: AutoencoderKLWan, known_frames: torch.Tensor, num_frames: int) -> torch.Tensor:
-    """The I2V condition latent: VAE encoding of the known frames [B, 3, k, H, W] in [-1, 1]
-    followed by zeros up to `num_frames` (the release's reference frame + zeros)."""
-    batch, channels, known, height, width = known_frames.shape
-    video = known_frames.new_zeros(batch, channels, num_frames, height, width)
-    video[:, :, :known] = known_frames
-    return encode_video(vae, video)
 
 
 def match_colour(frames: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -86,6 +90,13 @@ class AnyTalkerPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "text_encoder->image_encoder->audio_encoder->transformer->vae"
+    # What a step callback may read (`callback_on_step_end_tensor_inputs`) and replace: the window's
+    # latents [1, 16, T, h, w], condition y [1, 20, T, h, w] and audio of every guidance pass
+    # [passes, N, F, 5, layers, C] (pass 0 the tracks', the others zeros), and the call's prompt and
+    # negative [1, L, D], image [1, 257, D] and face [1, N, 257, D] embeddings and face token masks
+    # [1, N, h/2, w/2]. Replaced window tensors last for that window, the others for the call.
+    _callback_tensor_inputs = ["latents", "condition", "audio_embeds", "prompt_embeds", "negative_prompt_embeds",
+                               "image_embeds", "face_embeds", "face_token_masks"]
 
     def __init__(
         self,
@@ -100,10 +111,18 @@ class AnyTalkerPipeline(DiffusionPipeline):
         super().__init__()
         self.register_modules(transformer=transformer, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                               image_encoder=image_encoder, audio_encoder=audio_encoder, scheduler=scheduler)
+        # Geometry from the VAE config, once (as diffusers' Wan pipelines): 4n+1 frames, 8x8 pixels per latent.
+        self.vae_scale_factor_temporal = self.vae.config.scale_factor_temporal if getattr(self, "vae", None) else 4
+        self.vae_scale_factor_spatial = self.vae.config.scale_factor_spatial if getattr(self, "vae", None) else 8
 
     @property
     def _device(self) -> torch.device:
         return self._execution_device
+
+    @property
+    def patch_size(self) -> tuple[int, int]:
+        """Latent pixels per transformer token, (height, width)."""
+        return tuple(self.transformer.config.patch_size[1:])
 
     @property
     def current_window(self) -> int:
@@ -115,9 +134,20 @@ class AnyTalkerPipeline(DiffusionPipeline):
         """Windows of the current call (long audio is generated in several)."""
         return getattr(self, "_num_windows", 1)
 
+    @property
+    def interrupt(self) -> bool:
+        """Set `pipe._interrupt = True` (e.g. in a step callback) to skip the remaining steps, as in
+        diffusers; no later window starts, so the video ends after the current one."""
+        return getattr(self, "_interrupt", False)
+
+    # 1. ------------------------------------------------------------------------------------------
     def check_inputs(self, image: np.ndarray, audio: Sequence[np.ndarray], face_boxes: Sequence[FaceBox],
-                     guidance_scale: float, max_frames_per_window: int, motion_frames: int) -> None:
-        """Every input error, before any model runs."""
+                     height: int | None = None, width: int | None = None, fps: int = 24,
+                     num_inference_steps: int = 40, guidance_scale: float = 4.5,
+                     audio_guidance_scale: float | None = None, max_frames_per_window: int = 81,
+                     motion_frames: int = 5, callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",)) -> None:
+        """Every input error, before any model runs. The sampling values are checked by
+        `SamplingSettings.validate` (anytalker.pipeline.settings: the one home of those rules)."""
         if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise ValueError("image must be a uint8 RGB array [H, W, 3]")
         if len(audio) == 0:
@@ -127,40 +157,97 @@ class AnyTalkerPipeline(DiffusionPipeline):
         lengths = {int(np.asarray(track).shape[-1]) for track in audio}
         if len(lengths) != 1 or any(np.asarray(track).ndim != 1 for track in audio):
             raise ValueError("audio tracks must be aligned 1-D 16 kHz waveforms of equal length (see anytalker.audio)")
-        height, width = image.shape[:2]
+        image_h, image_w = image.shape[:2]
         for index, box in enumerate(face_boxes):
-            if box.x0 < 0 or box.y0 < 0 or box.x1 > width or box.y1 > height:
-                raise ValueError(f"face box {index} {box.as_tuple()} lies outside the {width}x{height} image")
-        if guidance_scale < 1:
-            raise ValueError(f"guidance_scale must be >= 1, got {guidance_scale}")
-        for name, value in (("max_frames_per_window", max_frames_per_window), ("motion_frames", motion_frames)):
-            if value < 1 or (value - 1) % 4:
-                raise ValueError(f"{name} must be 4n+1, got {value}")
-        if motion_frames >= max_frames_per_window:
-            raise ValueError("motion_frames must be smaller than max_frames_per_window")
+            if box.x0 < 0 or box.y0 < 0 or box.x1 > image_w or box.y1 > image_h:
+                raise ValueError(f"face box {index} {box.as_tuple()} lies outside the {image_w}x{image_h} image")
+        size = (height, width) if height is not None and width is not None else None
+        SamplingSettings(size=size, fps=fps, steps=num_inference_steps, guidance_scale=guidance_scale,
+                         audio_guidance_scale=audio_guidance_scale, max_frames_per_window=max_frames_per_window,
+                         motion_frames=motion_frames).validate()
+        unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
+        if unknown:
+            raise ValueError(f"callback_on_step_end_tensor_inputs {unknown}: choose from {self._callback_tensor_inputs}")
 
+    # 2. ------------------------------------------------------------------------------------------
     def encode_prompt(self, prompt: str, negative_prompt: str, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """(prompt, negative) umT5 features, each [1, L, 4096], zero-padded to a common length
-        (the transformer zero-pads to text_len anyway, so padding here changes nothing)."""
-        features = encode_prompts(self.text_encoder, self.tokenizer, [prompt, negative_prompt],
-                                  max_length=self.transformer.config.text_len)
-        length = max(f.shape[0] for f in features)
-        padded = [F.pad(f, (0, 0, 0, length - f.shape[0]))[None] for f in features]
-        return padded[0].to(device, dtype), padded[1].to(device, dtype)
+        """(prompt, negative) umT5 features, each [1, L, 4096], zero-padded to a common length."""
+        features = conditioning.text_features(self.text_encoder, self.tokenizer, [prompt, negative_prompt],
+                                              max_length=self.transformer.config.text_len)
+        both = conditioning.pad_text(features).to(device, dtype)
+        return both[:1], both[1:]
 
-    def encode_images(self, image: torch.Tensor, face_boxes: Sequence[FaceBox], device, dtype):
-        """CLIP tokens of the whole image [1, 257, D] and of each square face crop [1, N, 257, D]."""
-        crops = [image[:, :, int(b.y0):int(b.y1), int(b.x0):int(b.x1)] for b in face_boxes]
-        whole = encode_clip_image(self.image_encoder, image)
-        faces = torch.cat([encode_clip_image(self.image_encoder, crop) for crop in crops])
+    def encode_image(self, pixels: torch.Tensor, face_boxes: Sequence[FaceBox], device, dtype):
+        """CLIP tokens of the whole image [1, 257, D] and of each face crop [1, N, 257, D]."""
+        whole = conditioning.clip_image_tokens(self.image_encoder, pixels)
+        faces = conditioning.clip_face_tokens(self.image_encoder, pixels, face_boxes)
         return whole.to(device, dtype), faces[None].to(device, dtype)
 
     def encode_audio(self, audio: Sequence[np.ndarray], num_frames: int, fps: int, device, dtype) -> torch.Tensor:
         """[1, N, num_frames, 5, layers, C] windowed wav2vec2 features of each track."""
-        encoder = AudioFeatureEncoder(self.audio_encoder)
-        features = [encoder(torch.as_tensor(np.asarray(track, dtype=np.float32)), fps=fps, num_frames=num_frames)
-                    for track in audio]
-        return torch.stack(features)[None].to(device, dtype)
+        features = conditioning.audio_windows(AudioFeatureEncoder(self.audio_encoder), audio, fps, num_frames)
+        return features[None].to(device, dtype)
+
+    # 3. ------------------------------------------------------------------------------------------
+    def prepare_latents(self, regions: Sequence[torch.Tensor], known: torch.Tensor, num_frames: int,
+                        generator: torch.Generator | None, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """One window's starting noise (float32 [1, 16, T, h, w]) and condition y ([1, 20, T, h, w]
+        in `dtype`); `known` [1, 3, k, H, W]: its given frames (the reference image, or the frames
+        carried over from the previous window)."""
+        reference = reference_latents(self.vae, known.to(device), num_frames)
+        condition = conditioning.condition_latents(regions, reference, num_frames, known_frames=known.shape[2])
+        condition = condition.to(dtype)
+        shape = (1, self.vae.config.z_dim, *condition.shape[2:])
+        return randn_tensor(shape, generator=generator, device=device, dtype=torch.float32), condition
+
+    # 4. ------------------------------------------------------------------------------------------
+    def predict_noise(self, tensors: dict, timestep: torch.Tensor, guidance_scale: float,
+                      audio_guidance_scale: float | None) -> torch.Tensor:
+        """The guided prediction: every guidance pass (`guidance_passes`) in one batched forward;
+        uncond = negative prompt + zero audio."""
+        passes = guidance_passes(audio_guidance_scale)
+        model_input = torch.cat([tensors["latents"].to(self.transformer.dtype), tensors["condition"]], dim=1)
+        prediction = self.transformer(
+            hidden_states=model_input.expand(passes, -1, -1, -1, -1),
+            timestep=timestep.expand(passes),
+            encoder_hidden_states=torch.cat([tensors["prompt_embeds"]] * (passes - 1)
+                                            + [tensors["negative_prompt_embeds"]]),
+            encoder_hidden_states_image=tensors["image_embeds"].expand(passes, -1, -1),
+            face_embeds=tensors["face_embeds"].expand(passes, -1, -1, -1),
+            audio_embeds=tensors["audio_embeds"],
+            face_token_masks=tensors["face_token_masks"].expand(passes, -1, -1, -1),
+        ).sample.float()
+        return combine_guidance(prediction, guidance_scale, audio_guidance_scale)
+
+    def denoise(self, tensors: dict, num_inference_steps: int, guidance_scale: float,
+                audio_guidance_scale: float | None, callback_on_step_end: Callable | None = None,
+                callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",)) -> dict:
+        """The step loop of one window over `tensors` (the names of `_callback_tensor_inputs`);
+        returns them with the denoised latents. After each step `callback_on_step_end(self, step,
+        timestep, callback_kwargs)` gets the tensors named in `callback_on_step_end_tensor_inputs`,
+        and the tensors of the dict it returns replace the loop's (diffusers' contract)."""
+        tensors = dict(tensors)
+        self.scheduler.set_timesteps(num_inference_steps, device=tensors["latents"].device)
+        with self.progress_bar(total=num_inference_steps) as bar:
+            bar.set_description(f"window {self.current_window + 1}/{self.num_windows}")
+            for step, timestep in enumerate(self.scheduler.timesteps):
+                if self.interrupt:
+                    continue
+                noise_pred = self.predict_noise(tensors, timestep, guidance_scale, audio_guidance_scale)
+                tensors["latents"] = self.scheduler.step(noise_pred, timestep, tensors["latents"], return_dict=False)[0]
+                if callback_on_step_end is not None:
+                    callback_kwargs = {name: tensors[name] for name in callback_on_step_end_tensor_inputs}
+                    outputs = callback_on_step_end(self, step, timestep, callback_kwargs) or {}
+                    tensors.update({k: v for k, v in outputs.items() if k in self._callback_tensor_inputs})
+                bar.update()
+        return tensors
+
+    # 5. ------------------------------------------------------------------------------------------
+    def decode(self, latents: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
+        """A window's latents [1, 16, T, h, w] -> frames float32 [3, F, H, W] in [-1, 1] on the CPU;
+        with `reference` [1, 3, H, W], re-anchored on its colour statistics (later windows)."""
+        frames = decode_latents(self.vae, latents.to(self.vae.dtype)).float().cpu()[0]
+        return frames if reference is None else match_colour(frames, reference[0])
 
     @torch.no_grad()
     def __call__(
@@ -181,6 +268,7 @@ class AnyTalkerPipeline(DiffusionPipeline):
         generator: torch.Generator | None = None,
         output_type: str = "np",
         callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
     ) -> AnyTalkerPipelineOutput:
         """Generates the talking video.
 
@@ -195,76 +283,69 @@ class AnyTalkerPipeline(DiffusionPipeline):
                 this many frames (4n+1); each later window regenerates the last `motion_frames`
                 frames of the previous one from their pixels, and is re-anchored on the reference
                 image (CLIP tokens and colour statistics).
+            callback_on_step_end / callback_on_step_end_tensor_inputs: diffusers' step callback
+                (see `denoise`; names from `_callback_tensor_inputs`, default ["latents"]);
+                `current_window` / `num_windows` say where it is.
         """
         start_time = time.perf_counter()
-        self.check_inputs(image, audio, face_boxes, guidance_scale, max_frames_per_window, motion_frames)
-        device = self._device
-        dtype = self.transformer.dtype
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        # 1. Check inputs
+        self.check_inputs(image, audio, face_boxes, height, width, fps, num_inference_steps, guidance_scale,
+                          audio_guidance_scale, max_frames_per_window, motion_frames,
+                          callback_on_step_end_tensor_inputs)
+        self._interrupt = False
+        device, dtype = self._execution_device, self.transformer.dtype
         image_h, image_w = image.shape[:2]
         if height is None or width is None:
-            height, width = choose_resolution(image_h, image_w)
-        elif height % 16 or width % 16:
-            raise ValueError(f"height and width must be multiples of 16, got {height}x{width}")
+            height, width = choose_resolution(image_h, image_w,
+                                              multiple=self.vae_scale_factor_spatial * self.patch_size[0])
         negative_prompt = DEFAULT_NEGATIVE_PROMPT if negative_prompt is None else negative_prompt
+        out_frames = frames_for_duration(np.asarray(audio[0]).shape[-1] / SAMPLE_RATE, fps)
+        total_frames = latent_aligned(out_frames, self.vae_scale_factor_temporal)
+        windows = plan_windows(total_frames, max_frames_per_window, motion_frames, self.vae_scale_factor_temporal)
 
-        duration = np.asarray(audio[0]).shape[-1] / WAV2VEC_SAMPLE_RATE
-        out_frames = frames_for_duration(duration, fps)
-        total_frames = latent_aligned(out_frames)
-        windows = plan_windows(total_frames, max_frames_per_window, motion_frames)
-
-        # Conditioning shared by every window (identity is re-anchored on the reference each time).
-        pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 127.5 - 1.0  # [1, 3, H, W]
-        prompt_embeds, negative_embeds = self.encode_prompt(prompt, negative_prompt, device, dtype)
-        image_embeds, face_embeds = self.encode_images(pixels, face_boxes, device, dtype)
+        # 2. Encode the prompt, the images and the audio: shared by every window (identity is
+        # re-anchored on the reference each time).
+        prompt_embeds, negative_prompt_embeds = self.encode_prompt(prompt, negative_prompt, device, dtype)
+        pixels = conditioning.pixels(image)  # [1, 3, H, W]
+        image_embeds, face_embeds = self.encode_image(pixels, face_boxes, device, dtype)
         audio_embeds = self.encode_audio(audio, total_frames, fps, device, dtype)
-        expanded = [expand_mask(box_mask(box.as_tuple(), image_h, image_w)) for box in face_boxes]
-        reference = F.interpolate(pixels, size=(height, width), mode="bicubic", align_corners=False).clamp(-1, 1)
-
-        num_ids = len(face_boxes)
-        passes = 2 if audio_guidance_scale is None else 3
-        zero_audio = torch.zeros_like(audio_embeds)
-        text_batch = torch.cat([prompt_embeds] * (passes - 1) + [negative_embeds])
-        audio_batch = torch.cat([audio_embeds] + [zero_audio] * (passes - 1))
-        stride_s = 8  # VAE spatial stride
-        latent_h, latent_w = height // stride_s, width // stride_s
-        tokens = torch.stack([token_mask(m, latent_h // 2, latent_w // 2) for m in expanded])[None].to(device, dtype)
+        # Each window takes a view of this [passes, N, F, ...] batch (sliced after concatenating): the
+        # transformer's float rounding depends on the strides, and per-window contiguous copies moved
+        # the outputs by up to 1.5e-5 (measured), so the layout stays as it was.
+        audio_batch = torch.cat([audio_embeds] + [torch.zeros_like(audio_embeds)]
+                                * (guidance_passes(audio_guidance_scale) - 1))
+        regions = conditioning.face_regions(face_boxes, image_h, image_w)
+        latent_h, latent_w = height // self.vae_scale_factor_spatial, width // self.vae_scale_factor_spatial
+        face_token_masks = conditioning.face_token_masks(regions, latent_h, latent_w, self.patch_size)
+        shared = {"prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_prompt_embeds,
+                  "image_embeds": image_embeds, "face_embeds": face_embeds,
+                  "face_token_masks": face_token_masks[None].to(device, dtype)}
+        reference = conditioning.resize_pixels(pixels, height, width)
 
         video = []  # generated frames [3, F, H, W] in [-1, 1], window by window
         carried = None
         self._num_windows = len(windows)
         for index, window in enumerate(windows):
+            if self.interrupt:
+                break
             self._current_window = index
             known = reference[:, :, None] if carried is None else carried[None]  # [1, 3, k, H, W]
-            y_mask = mask_channels(expanded, window.length, latent_h, latent_w, known_frames=known.shape[2])[None]
-            y = torch.cat([y_mask.to(device), reference_latents(self.vae, known.to(device), window.length)], dim=1)
-            y = y.to(dtype)
-            latents = randn_tensor(y[:, 4:].shape, generator=generator, device=device, dtype=torch.float32)
-            window_audio = audio_batch[:, :, window.start:window.start + window.length]
-
-            self.scheduler.set_timesteps(num_inference_steps, device=device)
-            with self.progress_bar(total=num_inference_steps) as bar:
-                bar.set_description(f"window {index + 1}/{len(windows)}")
-                for step, timestep in enumerate(self.scheduler.timesteps):
-                    model_input = torch.cat([latents.to(dtype), y], dim=1).expand(passes, -1, -1, -1, -1)
-                    prediction = self.transformer(
-                        hidden_states=model_input,
-                        timestep=timestep.expand(passes),
-                        encoder_hidden_states=text_batch,
-                        encoder_hidden_states_image=image_embeds.expand(passes, -1, -1),
-                        face_embeds=face_embeds.expand(passes, -1, -1, -1),
-                        audio_embeds=window_audio,
-                        face_token_masks=tokens.expand(passes, num_ids, -1, -1),
-                    ).sample.float()
-                    noise_pred = combine_guidance(prediction, guidance_scale, audio_guidance_scale)
-                    latents = self.scheduler.step(noise_pred, timestep, latents, return_dict=False)[0]
-                    if callback_on_step_end is not None:
-                        callback_on_step_end(self, step, timestep, {"latents": latents, "window": index})
-                    bar.update()
-            frames = decode_latents(self.vae, latents.to(self.vae.dtype)).float().cpu()[0]  # [3, F, H, W]
-            if index > 0:
-                frames = match_colour(frames, reference[0])
+            # 3. Prepare the window's noise and condition
+            latents, condition = self.prepare_latents(regions, known, window.length, generator, device, dtype)
+            # 4. Denoise
+            tensors = self.denoise(
+                {**shared, "latents": latents, "condition": condition,
+                 "audio_embeds": audio_batch[:, :, window.start:window.start + window.length]},
+                num_inference_steps, guidance_scale, audio_guidance_scale, callback_on_step_end,
+                callback_on_step_end_tensor_inputs)
+            shared = {name: tensors[name] for name in shared}  # a callback's replacements stay
+            # 5. Decode (later windows re-anchored on the reference's colours)
+            frames = self.decode(tensors["latents"], reference if index > 0 else None)
             carried = frames[:, -motion_frames:]
             video.append(frames[:, window.carried:])
+
         frames = torch.cat(video, dim=1)[:, :out_frames].permute(1, 0, 2, 3)  # [F, 3, H, W]
         if output_type == "np":
             frames = ((frames + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
@@ -272,7 +353,7 @@ class AnyTalkerPipeline(DiffusionPipeline):
             "height": height, "width": width, "fps": fps, "frames": out_frames, "generated_frames": total_frames,
             "windows": [vars(w) for w in windows], "num_inference_steps": num_inference_steps,
             "guidance_scale": guidance_scale, "audio_guidance_scale": audio_guidance_scale,
-            "identities": num_ids, "seconds": round(time.perf_counter() - start_time, 3),
+            "identities": len(face_boxes), "seconds": round(time.perf_counter() - start_time, 3),
         }
         self.maybe_free_model_hooks()
         return AnyTalkerPipelineOutput(frames=frames, info=info)

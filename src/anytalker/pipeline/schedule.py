@@ -8,8 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-TEMPORAL_STRIDE = 4
-SPATIAL_MULTIPLE = 16  # VAE stride 8 x patch 2
+from .settings import SPATIAL_MULTIPLE, TEMPORAL_STRIDE, check_window
 
 
 def frames_for_duration(duration_s: float, fps: int) -> int:
@@ -50,14 +49,13 @@ class Window:
 
 def plan_windows(total_frames: int, max_frames: int = 81, motion_frames: int = 5,
                  stride: int = TEMPORAL_STRIDE) -> list[Window]:
-    """Windows of 4n+1 frames covering `total_frames` (itself 4n+1), overlapping by `motion_frames`."""
-    for name, value in (("total_frames", total_frames), ("max_frames", max_frames), ("motion_frames", motion_frames)):
-        if value < 1 or (value - 1) % stride:
-            raise ValueError(f"{name} must be {stride}n+1, got {value}")
+    """Windows of 4n+1 frames covering `total_frames` (itself 4n+1), overlapping by `motion_frames`
+    (the window lengths are checked by `settings.check_window`)."""
+    if total_frames < 1 or (total_frames - 1) % stride:
+        raise ValueError(f"total_frames must be {stride}n+1, got {total_frames}")
+    check_window(max_frames, motion_frames)
     if total_frames <= max_frames:
         return [Window(0, total_frames, 0)]
-    if motion_frames >= max_frames:
-        raise ValueError(f"motion_frames ({motion_frames}) must be smaller than max_frames ({max_frames})")
     windows = [Window(0, max_frames, 0)]
     while windows[-1].start + windows[-1].length < total_frames:
         start = windows[-1].start + windows[-1].length - motion_frames

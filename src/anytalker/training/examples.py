@@ -1,7 +1,7 @@
 """Training examples: single clips, side-by-side pairs (stage 1) and their encoding into model inputs.
 
-The conditioning is built with the same functions the pipeline uses (masks, reference latent,
-CLIP, wav2vec2 windows), so training and generation see the same inputs.
+The conditioning is built by `anytalker.pipeline.conditioning`, the functions the pipeline calls
+(masks, reference latent, CLIP, wav2vec2 windows, text), so training and generation see the same inputs.
 """
 
 from __future__ import annotations
@@ -12,12 +12,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..encoders.image import encode_clip_image
-from ..encoders.text import encode_prompts
 from ..encoders.vae import encode_video
 from ..encoders.wav2vec import AudioFeatureEncoder
-from ..faces.masks import box_mask, expand_mask, mask_channels, token_mask
-from ..pipeline.pipeline_anytalker import reference_latents
+from ..pipeline import conditioning
 from .shards import Sample
 
 PAIR_PROMPT = "Two people are talking to each other."
@@ -77,7 +74,11 @@ def enlarge_box(box: list[float], factor: float, height: int, width: int) -> lis
 
 
 class ConditionEncoder:
-    """Frozen encoders (a pipeline's components) -> the transformer's inputs for one example."""
+    """Frozen encoders (a pipeline's components) -> the transformer's inputs for one example.
+
+    `pixels` arguments are clips [1, 3, F, H, W] in [-1, 1] (`conditioning.pixels` of uint8 frames);
+    every result is float32 without a batch axis.
+    """
 
     def __init__(self, vae, text_encoder, tokenizer, image_encoder, audio_encoder, text_len: int, fps: int = 24):
         self.vae, self.text_encoder, self.tokenizer = vae, text_encoder, tokenizer
@@ -86,39 +87,46 @@ class ConditionEncoder:
         self._text_cache: dict[str, torch.Tensor] = {}
 
     def text(self, caption: str) -> torch.Tensor:
+        """[L, D] umT5 features of a caption (computed once per caption)."""
         if caption not in self._text_cache:
-            self._text_cache[caption] = encode_prompts(self.text_encoder, self.tokenizer, [caption],
-                                                       max_length=self.text_len)[0].float()
+            self._text_cache[caption] = conditioning.text_features(self.text_encoder, self.tokenizer, [caption],
+                                                                   self.text_len)[0].float()
         return self._text_cache[caption]
 
-    @staticmethod
-    def _pixels(frames: np.ndarray) -> torch.Tensor:  # uint8 [F, H, W, 3] -> [1, 3, F, H, W] in [-1, 1]
-        return torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)[None].float() / 127.5 - 1.0
+    def track_audio(self, wave: np.ndarray, num_frames: int) -> torch.Tensor:
+        """[F, 5, layers, C] wav2vec2 windows of one 16 kHz track."""
+        return conditioning.audio_windows(self.audio, [wave], self.fps, num_frames)[0]
 
-    def face_crops(self, frame0: torch.Tensor, boxes) -> torch.Tensor:
-        """[N, 257, D] CLIP tokens of each face crop of frame 0 ([1, 3, H, W])."""
-        crops = [frame0[:, :, int(b[1]):max(int(b[3]), int(b[1]) + 1), int(b[0]):max(int(b[2]), int(b[0]) + 1)]
-                 for b in boxes]
-        return torch.cat([encode_clip_image(self.image_encoder, crop) for crop in crops]).float()
+    def video_latents(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[16, T, h, w]: the clip's latent (what the model learns to generate)."""
+        return encode_video(self.vae, pixels)[0].float()
+
+    def reference_latents(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[16, T, h, w]: the clip's first frame followed by zeros, encoded (the I2V condition)."""
+        return conditioning.reference_latents(self.vae, pixels[:, :, :1], pixels.shape[2])[0].float()
+
+    def clip_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[257, D] CLIP tokens of frame 0."""
+        return conditioning.clip_image_tokens(self.image_encoder, pixels[:, :, 0])[0].float()
+
+    def clip_faces(self, pixels: torch.Tensor, boxes) -> torch.Tensor:
+        """[N, 257, D] CLIP tokens of each face crop of frame 0."""
+        return conditioning.clip_face_tokens(self.image_encoder, pixels[:, :, 0], boxes).float()
 
     @torch.no_grad()
     def cache_entries(self, sample: Sample) -> dict[str, torch.Tensor]:
         """Everything `encode` can reuse for the sample, for its full view and (if any) half view."""
-        pixels = self._pixels(sample.frames)
+        pixels = conditioning.pixels(sample.frames)
         num_frames = pixels.shape[2]
-        boxes = [p["box"] for p in sample.meta["persons"]]
-        cache = {"text": self.text(sample.meta.get("caption", "")),
-                 "latents": encode_video(self.vae, pixels)[0].float(),
-                 "ref_latents": reference_latents(self.vae, pixels[:, :, :1], num_frames)[0].float(),
-                 "clip_image": encode_clip_image(self.image_encoder, pixels[:, :, 0])[0].float()}
-        for i, face in enumerate(self.face_crops(pixels[:, :, 0], boxes)):
+        cache = {"text": self.text(sample.meta.get("caption", "")), "latents": self.video_latents(pixels),
+                 "ref_latents": self.reference_latents(pixels), "clip_image": self.clip_image(pixels)}
+        for i, face in enumerate(self.clip_faces(pixels, [p["box"] for p in sample.meta["persons"]])):
             cache[f"clip_face.{i}"] = face
         for i, wave in enumerate(sample.audio):
-            cache[f"audio.{i}"] = self.audio(torch.from_numpy(wave), fps=self.fps, num_frames=num_frames)
+            cache[f"audio.{i}"] = self.track_audio(wave, num_frames)
         if sample.half_frames is not None:
-            half = self._pixels(sample.half_frames)
-            cache["half.latents"] = encode_video(self.vae, half)[0].float()
-            cache["half.ref_latents"] = reference_latents(self.vae, half[:, :, :1], num_frames)[0].float()
+            half = conditioning.pixels(sample.half_frames)
+            cache["half.latents"], cache["half.ref_latents"] = self.video_latents(half), self.reference_latents(half)
         return cache
 
     @torch.no_grad()
@@ -126,34 +134,29 @@ class ConditionEncoder:
         """Model inputs (no batch axis): latents [16, T, h, w], y [20, T, h, w], text [L, D],
         clip_image [257, D], faces [N, 257, D], audio [N, F, 5, layers, C], token_masks [N, h/2, w/2]."""
         cache = example.cache
-        pixels = self._pixels(example.frames)
+        pixels = conditioning.pixels(example.frames)
         _, _, num_frames, height, width = pixels.shape
-        latents = cache["latents"] if "latents" in cache else encode_video(self.vae, pixels)[0].float()
-        ref = cache["ref_latents"] if "ref_latents" in cache else \
-            reference_latents(self.vae, pixels[:, :, :1], num_frames)[0].float()
+        latents = cache["latents"] if "latents" in cache else self.video_latents(pixels)
+        ref = cache["ref_latents"] if "ref_latents" in cache else self.reference_latents(pixels)
         latent_h, latent_w = latents.shape[-2:]
-        boxes = [enlarge_box(b, mask_enlarge, height, width) for b in example.boxes]
-        expanded = [expand_mask(box_mask([round(v) for v in b], height, width)) for b in boxes]
-        y = torch.cat([mask_channels(expanded, num_frames, latent_h, latent_w), ref])
+        regions = conditioning.face_regions([enlarge_box(b, mask_enlarge, height, width) for b in example.boxes],
+                                            height, width)
         num_ids = len(example.audio)
         faces = torch.stack([cache[f"clip_face.{i}"] for i in range(num_ids)]) if "clip_face.0" in cache \
-            else self.face_crops(pixels[:, :, 0], example.boxes)
-        audio = torch.stack([cache[f"audio.{i}"] if f"audio.{i}" in cache else
-                             self.audio(torch.from_numpy(w), fps=self.fps, num_frames=num_frames)
+            else self.clip_faces(pixels, example.boxes)
+        audio = torch.stack([cache[f"audio.{i}"] if f"audio.{i}" in cache else self.track_audio(w, num_frames)
                              for i, w in enumerate(example.audio)])
-        clip_image = cache["clip_image"] if "clip_image" in cache else \
-            encode_clip_image(self.image_encoder, pixels[:, :, 0])[0].float()
-        text = cache["text"] if "text" in cache else self.text(example.caption)
-        return {"latents": latents, "y": y, "text": text, "clip_image": clip_image,
+        return {"latents": latents, "y": conditioning.condition_latents(regions, ref, num_frames),
+                "text": cache["text"] if "text" in cache else self.text(example.caption),
+                "clip_image": cache["clip_image"] if "clip_image" in cache else self.clip_image(pixels),
                 "faces": faces, "audio": audio,
-                "token_masks": torch.stack([token_mask(m, latent_h // 2, latent_w // 2) for m in expanded])}
+                "token_masks": conditioning.face_token_masks(regions, latent_h, latent_w)}
 
 
 def collate(encoded: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Batch of encoded examples. Identities are padded to the batch's largest N with zero masks,
     which is exact: a zero mask removes that identity's contribution."""
     num_ids = max(e["faces"].shape[0] for e in encoded)
-    text_len = max(e["text"].shape[0] for e in encoded)
 
     def pad_ids(tensor):
         return torch.cat([tensor, tensor.new_zeros(num_ids - tensor.shape[0], *tensor.shape[1:])])
@@ -161,8 +164,7 @@ def collate(encoded: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return {
         "latents": torch.stack([e["latents"] for e in encoded]),
         "y": torch.stack([e["y"] for e in encoded]),
-        "text": torch.stack([torch.nn.functional.pad(e["text"], (0, 0, 0, text_len - e["text"].shape[0]))
-                             for e in encoded]),
+        "text": conditioning.pad_text([e["text"] for e in encoded]),
         "clip_image": torch.stack([e["clip_image"] for e in encoded]),
         "faces": torch.stack([pad_ids(e["faces"]) for e in encoded]),
         "audio": torch.stack([pad_ids(e["audio"]) for e in encoded]),

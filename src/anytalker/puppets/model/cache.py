@@ -32,23 +32,20 @@ class PuppetCache:
         self._features: tuple[str, list] | None = None
 
     def _track_features(self, source: str):
+        """[N, F, 5, layers, C] wav2vec2 windows of the clip's whole tracks (F: the clip's frames)."""
         if self._features is None or self._features[0] != source:
-            import torch
-
-            from ...audio.io import load_audio
+            from ...audio.io import SAMPLE_RATE, load_audio
+            from ...pipeline.conditioning import audio_windows
 
             path = self.clips[source]
             sidecar = json.loads(path.with_suffix(".json").read_text())
             meta = json.loads((path.parent / "meta.json").read_text())
-            tracks = [load_audio(path.parent / name, 16000, allow_silent=True) for name in sidecar["audio"]]
-            self._features = (source, [self.encoder.audio(torch.from_numpy(t), fps=FPS, num_frames=meta["frames"])
-                                       for t in tracks])
+            tracks = [load_audio(path.parent / name, SAMPLE_RATE, allow_silent=True) for name in sidecar["audio"]]
+            self._features = (source, audio_windows(self.encoder.audio, tracks, FPS, meta["frames"]))
         return self._features[1]
 
     def __call__(self, sample) -> dict:
-        from ...encoders.image import encode_clip_image
-        from ...encoders.vae import encode_video
-        from ...pipeline.pipeline_anytalker import reference_latents
+        from ...pipeline.conditioning import pixels
 
         enc, meta = self.encoder, sample.meta
         frames = meta["frames"]
@@ -57,15 +54,13 @@ class PuppetCache:
         for i, features in enumerate(self._track_features(meta["source"])):
             cache[f"audio.{i}"] = features[start:start + frames].float()
         if sample.half_frames is not None:
-            half = enc._pixels(sample.half_frames)
-            cache["half.latents"] = encode_video(enc.vae, half)[0].float()
-            cache["half.ref_latents"] = reference_latents(enc.vae, half[:, :, :1], frames)[0].float()
-            cache["clip_face.0"] = enc.face_crops(half[:, :, 0], [meta["half_box"]])[0]
+            half = pixels(sample.half_frames)
+            cache["half.latents"], cache["half.ref_latents"] = enc.video_latents(half), enc.reference_latents(half)
+            cache["clip_face.0"] = enc.clip_faces(half, [meta["half_box"]])[0]
         else:
-            pixels = enc._pixels(sample.frames)
-            cache["latents"] = encode_video(enc.vae, pixels)[0].float()
-            cache["ref_latents"] = reference_latents(enc.vae, pixels[:, :, :1], frames)[0].float()
-            cache["clip_image"] = encode_clip_image(enc.image_encoder, pixels[:, :, 0])[0].float()
-            for i, face in enumerate(enc.face_crops(pixels[:, :, 0], [p["box"] for p in meta["persons"]])):
+            clip = pixels(sample.frames)
+            cache["latents"], cache["ref_latents"] = enc.video_latents(clip), enc.reference_latents(clip)
+            cache["clip_image"] = enc.clip_image(clip)
+            for i, face in enumerate(enc.clip_faces(clip, [p["box"] for p in meta["persons"]])):
                 cache[f"clip_face.{i}"] = face
         return cache
