@@ -5,16 +5,20 @@ The same command runs on one process, on N GPUs or several nodes (`accelerate la
 (which samples, pairs or singles, mask enlargement, timesteps, noise) is a pure function of
 (seed, step, position in the global batch), so a resumed run and a run on another number of
 processes see exactly the same data and noise.
+
+The trainer only wires the parts (as torchtitan's): data (`shards`, `examples`), the objective
+(`loss`), `checkpointing`, the curve (`metrics_log`), and validation clips through the generation
+API (`anytalker.pipeline.runner`). Its stages: `batch` (this process's share of a step's examples,
+encoded) -> `forward_backward` (loss of a micro-batch, backward) -> `train_step` (micro-batches,
+optimizer step, EMA) -> `train` (the loop: log, checkpoint, validate, save).
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
 import random
-import shutil
 import time
 from pathlib import Path
 
@@ -23,12 +27,13 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm import tqdm
 
+from .checkpointing import Checkpointer
 from .config import Config, load_config
 from .examples import ConditionEncoder, choose_batch, collate, pair_example, single_example
 from .initialization import init_from_wan, is_audio_face_parameter
+from .loss import flow_matching_loss, noise_generator
+from .metrics_log import MetricsLogger
 from .shards import ShardIndex
-
-CHECKPOINT_PREFIX = "checkpoint-"
 
 
 def load_components(config: Config) -> dict:
@@ -46,48 +51,6 @@ def load_components(config: Config) -> dict:
         components["transformer"] = init_from_wan(config.model.init_from_wan, RELEASE_DIT_CONFIGS[config.model.variant],
                                                   config.train.seed)
     return components
-
-
-def sigma_schedule(u: torch.Tensor, shift: float) -> torch.Tensor:
-    """Uniform u in [0, 1] -> flow-matching sigma with Wan's shift (more weight on high noise)."""
-    return shift * u / (1 + (shift - 1) * u)
-
-
-def timestep_weights(sigmas: torch.Tensor, kind: str) -> torch.Tensor:
-    """Per-sample loss weights; "bell" is the release scheduler's training weighting (a Gaussian
-    bump over the 1000 timesteps, centred at the middle, normalised to mean 1 over them)."""
-    if kind == "none":
-        return torch.ones_like(sigmas)
-    steps = torch.arange(1000, dtype=torch.float64)
-    bell = torch.exp(-2 * ((steps - 500) / 1000) ** 2)
-    bell = bell / bell.mean()
-    return bell[(sigmas.double() * 999).round().long()].to(sigmas.dtype)
-
-
-def flow_matching_loss(transformer, batch: dict, generators: list[torch.Generator], shift: float,
-                       weighting: str) -> torch.Tensor:
-    """MSE between the predicted flow and (noise - x0) at x_t = (1 - sigma) x0 + sigma * noise."""
-    latents = batch["latents"]
-    noise = torch.stack([torch.randn(latents.shape[1:], generator=g) for g in generators]).to(latents)
-    u = torch.stack([torch.rand((), generator=g) for g in generators]).to(latents)
-    sigmas = sigma_schedule(u, shift)
-    sigma = sigmas.view(-1, 1, 1, 1, 1)
-    noisy = (1 - sigma) * latents + sigma * noise
-    prediction = transformer(
-        hidden_states=torch.cat([noisy, batch["y"]], dim=1), timestep=sigmas * 1000,
-        encoder_hidden_states=batch["text"], encoder_hidden_states_image=batch["clip_image"],
-        face_embeds=batch["faces"], audio_embeds=batch["audio"], face_token_masks=batch["token_masks"],
-    ).sample
-    per_sample = ((prediction.float() - (noise - latents).float()) ** 2).flatten(1).mean(1)
-    return (per_sample * timestep_weights(sigmas, weighting)).mean()
-
-
-def _generator(seed: int, step: int, position: int) -> torch.Generator:
-    return torch.Generator().manual_seed(hash((seed, step, position)) & 0x7FFF_FFFF_FFFF)
-
-
-def _checkpoints(output: Path) -> list[Path]:
-    return sorted(output.glob(f"{CHECKPOINT_PREFIX}*"), key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
 
 
 def select_trainable(transformer, mode: str, lora_rank: int):
@@ -120,8 +83,10 @@ class Trainer:
                              f"steps = {world}")
         self.progress = progress and self.accelerator.is_main_process
         set_seed(cfg.train.seed)
+        # Data
         self.index = ShardIndex.from_dir(cfg.data.shards)
         self.pairable = [i for i, entry in enumerate(self.index.entries) if "half_frames.npy" in entry[2]]
+        # Model and frozen encoders
         components = load_components(cfg)
         self.components = components
         self.transformer = components["transformer"].train()
@@ -130,6 +95,7 @@ class Trainer:
                                         text_len=self.transformer.config.text_len, fps=cfg.data.fps)
         if cfg.train.gradient_checkpointing:
             self.transformer.enable_gradient_checkpointing()
+        # Optimizer, LR schedule, EMA
         params = select_trainable(self.transformer, cfg.train.trainable, cfg.train.lora_rank)
         from diffusers.optimization import get_scheduler
 
@@ -144,41 +110,23 @@ class Trainer:
             self.accelerator.register_for_checkpointing(self.ema)
         self.transformer, self.optimizer, self.lr_scheduler = self.accelerator.prepare(
             self.transformer, self.optimizer, self.lr_scheduler)
+        self.checkpointer = Checkpointer(self.accelerator, self.output, cfg.output.keep_checkpoints)
         self.step = 0
 
     # --- checkpoints ------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
-        """Model, optimizer, LR scheduler, RNG states and the step, written to a temporary folder
-        and renamed into place, so a crash never leaves a half-written checkpoint."""
-        acc = self.accelerator
-        final = self.output / f"{CHECKPOINT_PREFIX}{self.step}"
-        partial = self.output / f".{final.name}.partial"
-        if acc.is_main_process:
-            shutil.rmtree(partial, ignore_errors=True)
-            partial.mkdir(parents=True)  # before any rank writes its RNG state into it
-        acc.wait_for_everyone()
-        acc.save_state(str(partial))
-        acc.wait_for_everyone()  # every rank has written its RNG state before the rename
-        if acc.is_main_process:
-            (partial / "trainer_state.json").write_text(json.dumps({"step": self.step}))
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(partial, final)
-            for old in _checkpoints(self.output)[:-self.config.output.keep_checkpoints]:
-                shutil.rmtree(old)
-        acc.wait_for_everyone()
-        return final
+        """Model, optimizer, LR scheduler, EMA, RNG states and the step (see `checkpointing`)."""
+        return self.checkpointer.save(self.step)
 
     def resume(self) -> int:
         """Loads the newest complete checkpoint of the output folder; returns its step (0 if none)."""
-        checkpoints = _checkpoints(self.output)
-        if not checkpoints:
-            return 0
-        self.accelerator.load_state(str(checkpoints[-1]))
-        self.step = json.loads((checkpoints[-1] / "trainer_state.json").read_text())["step"]
+        self.step = self.checkpointer.resume()
         return self.step
 
-    # --- one step ---------------------------------------------------------------------------
-    def _local_batch(self, step: int) -> tuple[str, dict, int]:
+    # --- stages -----------------------------------------------------------------------------
+    def batch(self, step: int) -> tuple[str, dict, int]:
+        """(kind, collated model inputs, position of the first in the global batch): this process's
+        share of step `step`'s examples, encoded (`examples.ConditionEncoder`)."""
         cfg = self.config
         kind, chosen = choose_batch(len(self.index), self.pairable, step, cfg.train.batch_size, cfg.data.stage,
                                     cfg.data.concat_probability, cfg.train.seed)
@@ -196,20 +144,29 @@ class Trainer:
             examples.append(self.encoder.encode(example, mask_enlarge=enlarge))
         return kind, collate(examples), first
 
+    def forward_backward(self, micro_batch: dict, first: int) -> torch.Tensor:
+        """The loss of a micro-batch whose first example is at `first` of the global batch, and its
+        backward pass; returns the loss."""
+        cfg = self.config
+        size = micro_batch["latents"].shape[0]
+        generators = [noise_generator(cfg.train.seed, self.step, first + j) for j in range(size)]
+        loss = flow_matching_loss(self.transformer, micro_batch, generators, cfg.train.flow_shift,
+                                  cfg.train.timestep_weighting)
+        self.accelerator.backward(loss)
+        return loss
+
     def train_step(self) -> tuple[float, str]:
+        """One optimizer step over the step's global batch; (mean loss over processes, batch kind)."""
         cfg, acc = self.config, self.accelerator
-        kind, batch, first = self._local_batch(self.step)
+        kind, batch, first = self.batch(self.step)
         batch = {k: v.to(acc.device) for k, v in batch.items()}
         accumulation = cfg.train.gradient_accumulation_steps
         micro = batch["latents"].shape[0] // accumulation
         total = 0.0
         for m in range(accumulation):
             part = {k: v[m * micro:(m + 1) * micro] for k, v in batch.items()}
-            generators = [_generator(cfg.train.seed, self.step, first + m * micro + j) for j in range(micro)]
             with acc.accumulate(self.transformer):
-                loss = flow_matching_loss(self.transformer, part, generators, cfg.train.flow_shift,
-                                          cfg.train.timestep_weighting)
-                acc.backward(loss)
+                loss = self.forward_backward(part, first + m * micro)
                 if acc.sync_gradients and cfg.train.max_grad_norm:
                     acc.clip_grad_norm_(self.transformer.parameters(), cfg.train.max_grad_norm)
                 self.optimizer.step()
@@ -221,8 +178,10 @@ class Trainer:
         self.step += 1
         return acc.reduce(torch.tensor(total, device=acc.device), "mean").item(), kind
 
-    # --- the loop ---------------------------------------------------------------------------
     def train(self, resume: bool = False, stop_after: int | None = None) -> Path:
+        """Steps until `max_steps` (or `stop_after`), logging, checkpointing and validating on the
+        way; then the trained transformer (`save_model`). Returns its folder (the output folder
+        when stopped early)."""
         cfg, acc = self.config, self.accelerator
         self.output.mkdir(parents=True, exist_ok=True)
         if acc.is_main_process:
@@ -230,7 +189,7 @@ class Trainer:
         if resume:
             self.resume()
         last = cfg.train.max_steps if stop_after is None else min(cfg.train.max_steps, stop_after)
-        log = _Logger(self.output, cfg.output.log_with, acc.is_main_process, resume)
+        log = MetricsLogger(self.output, cfg.output.log_with, acc.is_main_process, resume)
         bar = tqdm(total=cfg.train.max_steps, initial=self.step, desc="train", disable=not self.progress)
         while self.step < last:
             start = time.perf_counter()
@@ -251,6 +210,7 @@ class Trainer:
         log.close()
         return self.save_model() if self.step >= cfg.train.max_steps else self.output
 
+    # --- results ----------------------------------------------------------------------------
     def unwrapped_transformer(self):
         return self.accelerator.unwrap_model(self.transformer)
 
@@ -276,62 +236,33 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> Path | None:
-        """Generates a short clip for a fixed validation sample (the dataset's first) and saves it."""
+        """A short clip of a fixed validation sample (the dataset's first), generated through the
+        generation API (`pipeline.runner.generate`) with the model as trained so far, and saved
+        as OUTPUT/validation/step-NNNNNN.mp4 with the sample's mixed tracks."""
         if not self.accelerator.is_main_process:
             return None
+        from ..audio.alignment import mix_tracks
+        from ..audio.io import SAMPLE_RATE
         from ..faces.detection import FaceBox
         from ..pipeline import AnyTalkerPipeline
+        from ..pipeline.runner import GenerationInputs, SamplingSettings, generate, wrap_pipeline
         from ..video.io import write_video
 
+        cfg = self.config
         sample = self.index.read(0)
         model = self.unwrapped_transformer()
         model.eval()
         pipe = AnyTalkerPipeline(**{**self.components, "transformer": model})
         pipe.set_progress_bar_config(disable=True)
-        boxes = [FaceBox(*p["box"]) for p in sample.meta["persons"]]
-        result = pipe(sample.frames[0], sample.audio, boxes, prompt=sample.meta.get("caption", ""),
-                      height=sample.meta["height"], width=sample.meta["width"], fps=self.config.data.fps,
-                      num_inference_steps=self.config.output.validation_steps,
-                      generator=torch.Generator().manual_seed(self.config.train.seed))
-        model.train()
-        from ..audio.alignment import mix_tracks
-
+        inputs = GenerationInputs(sample.frames[0], sample.audio, [FaceBox(*p["box"]) for p in sample.meta["persons"]],
+                                  sample.meta.get("caption", ""))
+        sampling = SamplingSettings(size=(sample.meta["height"], sample.meta["width"]), fps=cfg.data.fps,
+                                    steps=cfg.output.validation_steps, seed=cfg.train.seed)
+        try:
+            result = generate(wrap_pipeline(pipe, device=str(self.accelerator.device)), inputs, sampling)
+        finally:
+            model.train()
         path = self.output / "validation" / f"step-{self.step:06d}.mp4"
-        write_video(path, result.frames, self.config.data.fps, audio=mix_tracks(sample.audio), sample_rate=16000)
+        write_video(path, result.frames, cfg.data.fps, audio=mix_tracks(sample.audio, sample_rate=SAMPLE_RATE),
+                    sample_rate=SAMPLE_RATE)
         return path
-
-
-class _Logger:
-    """CSV log of the training curve (and TensorBoard when asked for and installed)."""
-
-    FIELDS = ("step", "loss", "lr", "kind", "samples_per_s")
-
-    def __init__(self, output: Path, log_with: str, active: bool, append: bool):
-        self.active, self.tb = active, None
-        if not active:
-            return
-        path = output / "log.csv"
-        fresh = not (append and path.is_file())
-        self.handle = open(path, "w" if fresh else "a", newline="")
-        self.writer = csv.DictWriter(self.handle, fieldnames=self.FIELDS)
-        if fresh:
-            self.writer.writeheader()
-        if log_with == "tensorboard":
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(output / "tensorboard"))
-
-    def write(self, **row):
-        if not self.active:
-            return
-        self.writer.writerow(row)
-        self.handle.flush()
-        if self.tb is not None:
-            for key in ("loss", "lr", "samples_per_s"):
-                self.tb.add_scalar(f"train/{key}", row[key], row["step"])
-
-    def close(self):
-        if self.active:
-            self.handle.close()
-            if self.tb is not None:
-                self.tb.close()
