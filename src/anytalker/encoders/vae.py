@@ -51,6 +51,7 @@ __all__ = [
     "denormalize_latents",
     "encode_video",
     "decode_latents",
+    "decode_unclamped",
 ]
 
 # Constructor arguments of the release's `WanVAE_` for Wan2.1_VAE.pth.
@@ -435,3 +436,19 @@ def decode_latents(vae: AutoencoderKLWan, z: torch.Tensor) -> torch.Tensor:
     """Normalised latent [B, 16, T, h, w] -> video [B, 3, 1+4(T-1), 8h, 8w] clamped to [-1, 1]."""
     # diffusers' decode clamps to [-1, 1] itself, as the release wrapper does.
     return vae.decode(denormalize_latents(vae, z).to(vae.dtype)).sample
+
+
+def decode_unclamped(vae: AutoencoderKLWan, x: torch.Tensor) -> torch.Tensor:
+    """Raw (denormalised) latent [B, 16, T, h, w] -> video [B, 3, 1+4(T-1), 8h, 8w] without the
+    final clamp to [-1, 1]: diffusers' frame-by-frame causal decode (`AutoencoderKLWan._decode`),
+    one latent frame per call. Differentiable (VAE training: a clamp has no gradient where the
+    output overshoots); for a normalised latent pass `denormalize_latents(vae, z)`."""
+    vae.clear_cache()
+    x = vae.post_quant_conv(x)
+    frames = []
+    for i in range(x.shape[2]):
+        vae._conv_idx = [0]
+        frames.append(vae.decoder(x[:, :, i:i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx,
+                                  first_chunk=i == 0))
+    vae.clear_cache()
+    return torch.cat(frames, dim=2)

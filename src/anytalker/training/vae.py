@@ -41,11 +41,11 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKLWan
 
-from ..encoders.vae import decode_latents, diffusers_vae_config, encode_video
+from ..encoders.vae import decode_latents, decode_unclamped, diffusers_vae_config, encode_video
 from ..utils.atomic import atomic_write
 
-__all__ = ["FrameSet", "VAETrainSettings", "build_vae", "decode_unclamped", "estimate_latent_statistics",
-           "first_frame_fast_path", "psnr", "reconstruct", "set_latent_statistics", "train_vae", "vae_loss"]
+__all__ = ["FrameSet", "VAETrainSettings", "build_vae", "estimate_latent_statistics", "first_frame_fast_path",
+           "psnr", "reconstruct", "set_latent_statistics", "train_vae", "vae_loss"]
 
 CHECKPOINT = "vae_checkpoint.pt"
 PHASES = ("image", "video")
@@ -156,20 +156,6 @@ def build_vae(dim: int = 8, seed: int = 0) -> AutoencoderKLWan:
                 for first in range(0, weight.shape[0], weight.shape[1]):  # 1 copy (down) or 2 (up)
                     weight[first:first + weight.shape[1], :, -1, 0, 0] = eye
     return vae
-
-
-def decode_unclamped(vae: AutoencoderKLWan, z: torch.Tensor) -> torch.Tensor:
-    """diffusers' frame-by-frame causal decode of a raw latent, without the final clamp to [-1, 1]
-    (a clamp has no gradient where the output overshoots)."""
-    vae.clear_cache()
-    x = vae.post_quant_conv(z)
-    outs = []
-    for i in range(z.shape[2]):
-        vae._conv_idx = [0]
-        outs.append(vae.decoder(x[:, :, i:i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx,
-                                first_chunk=i == 0))
-    vae.clear_cache()
-    return torch.cat(outs, dim=2)
 
 
 def vae_loss(vae: AutoencoderKLWan, pixels: torch.Tensor, weights: torch.Tensor, settings: VAETrainSettings,
