@@ -141,19 +141,10 @@ def load_release_vae(parity_dir: Path, name: str = "vae_tiny"):
 
 @torch.no_grad()
 def decode_latents_unclamped(vae, z: torch.Tensor) -> torch.Tensor:
-    """diffusers' `AutoencoderKLWan._decode` without its final clamp (one latent frame per call)."""
-    from .encoders.vae import denormalize_latents
+    """Normalised latent -> the release's decode before its final clamp (`decoded_unclamped`)."""
+    from .encoders.vae import decode_unclamped, denormalize_latents
 
-    x = vae.post_quant_conv(denormalize_latents(vae, z))
-    vae.clear_cache()
-    frames = []
-    for i in range(x.shape[2]):
-        vae._conv_idx = [0]
-        frames.append(
-            vae.decoder(x[:, :, i : i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx, first_chunk=i == 0)
-        )
-    vae.clear_cache()
-    return torch.cat(frames, dim=2)
+    return decode_unclamped(vae, denormalize_latents(vae, z))
 
 
 @torch.no_grad()
