@@ -60,7 +60,10 @@ class ParallelSettings:
     context_parallel: int = 1
     ulysses_anything: bool = False
 
-    def validate(self, label: Callable[[str], str] = _plain, world_size: int | None = None) -> "ParallelSettings":
+    def validate(self, label: Callable[[str], str] = _plain, world_size: int | None = None,
+                 model=None) -> "ParallelSettings":
+        """Checks against the launch (`world_size`: the launcher's unless given) and, when given,
+        the ModelSettings: offloading and step caches do not combine with context parallelism."""
         degree = self.context_parallel
         if isinstance(degree, bool) or not isinstance(degree, int) or degree < 1:
             raise SettingsError("context_parallel", f"{label('context_parallel')} must be a positive integer, "
@@ -69,7 +72,17 @@ class ParallelSettings:
         if world % degree:
             raise SettingsError("context_parallel", f"{label('context_parallel')} {degree} does not divide the "
                                                     f"{world} launched processes: each group of {degree} makes "
-                                                    f"one video (launch a multiple of {degree} processes)")
+                                                    f"one video (launch a multiple of {degree} processes, e.g. "
+                                                    f"torchrun --nproc_per_node {degree})")
+        speed = getattr(model, "speed", None)
+        clashes = [name for name, used in (("cpu_offload", getattr(model, "cpu_offload", False)),
+                                           ("offload", getattr(speed, "offload", None)),
+                                           ("cache", getattr(speed, "cache", None))) if used]
+        if degree > 1 and clashes:
+            # Offload hooks move weights under the split; a step cache decides on each rank's shard,
+            # so ranks could disagree about skipping a step and stall in the next all-to-all.
+            raise SettingsError(clashes[0], f"{label(clashes[0])} does not combine with "
+                                            f"{label('context_parallel')} {degree}")
         return self
 
 

@@ -132,3 +132,22 @@ def input_settings(args: argparse.Namespace) -> InputSettings:
     return InputSettings(order=getattr(args, "order", "left-to-right"), detectors=detectors,
                          loudness_lufs=getattr(args, "loudness", None),
                          separator=getattr(args, "separator", None)).validate(flag_label)
+
+
+def add_parallel_arguments(parser: argparse.ArgumentParser) -> None:
+    """How the processes of a torchrun / accelerate launch share the work (anytalker.acceleration.parallel)."""
+    group = parser.add_argument_group("several processes (torchrun / accelerate launch)")
+    group.add_argument("--context-parallel", type=int, default=1, metavar="K",
+                       help="K processes make each video together (Ulysses context parallelism); the launch's "
+                            "processes form groups of K that share a batch's videos (default 1)")
+    group.add_argument("--ulysses-anything", action="store_true",
+                       help="Ulysses for head / token counts K does not divide (uneven, slower all-to-all)")
+
+
+def parallel_settings(args: argparse.Namespace, model: ModelSettings):
+    """ParallelSettings from the flags, checked against the launch and the model settings."""
+    from ..acceleration.parallel import ParallelSettings
+
+    return ParallelSettings(context_parallel=getattr(args, "context_parallel", 1),
+                            ulysses_anything=getattr(args, "ulysses_anything", False)).validate(flag_label,
+                                                                                                  model=model)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..pipeline.settings import SettingsError
-from .common import add_sampling_arguments, error, input_settings, model_settings, sampling_settings
+from .common import (add_parallel_arguments, add_sampling_arguments, error, input_settings, model_settings,
+                     parallel_settings, sampling_settings)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -33,6 +35,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                                          "applied to the tracks the model listens to")
     gen.add_argument("--loudness", type=float, default=None, help="normalise each track to this LUFS (e.g. -23)")
     add_sampling_arguments(gen)
+    add_parallel_arguments(gen)
     gen.add_argument("--quiet", action="store_true", help="no progress bars or messages")
     gen.set_defaults(func=run)
     return gen
@@ -62,44 +65,37 @@ def _tasks(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     """Reference image + one audio track per person + prompt -> mp4 (or a batch of them)."""
-    from ..pipeline import runner
-    from ..utils.checkpoints import CheckpointError
+    # Under torchrun / accelerate launch the processes share the tasks (groups of --context-parallel K
+    # make each video together); a failed task is then recorded in OUT_DIR/failed/ and the others go on.
+    from ..acceleration.parallel import start_parallel
+    from ..pipeline.batch import BatchInputError, BatchSetupError, failure_record, run_batch
 
     # Every setting and input is checked before any model is loaded.
     try:
         model = model_settings(args)
         sampling = sampling_settings(args, model)
         inputs = input_settings(args)
+        parallel = parallel_settings(args, model)
         jobs = _tasks(args)
     except (SettingsError, ValueError, FileNotFoundError) as problem:
         return error(str(problem))
-    todo = []
-    for task, out in jobs:
-        if args.overwrite or not out.exists():
-            todo.append((task, out))
-        elif not args.quiet:
-            print(f"skip {task.name}: {out} exists (--overwrite to redo)")
-    prepared, errors = [], []
+
+    def report(event):
+        if event.kind == "failed":
+            print(f"failed {event.name}: {event.info['reason']} (recorded in {failure_record(event.out)})",
+                  file=sys.stderr)
+        elif args.quiet:
+            return
+        elif event.kind == "skipped":
+            print(f"skip {event.name}: {event.out} exists (--overwrite to redo)")
+        else:
+            print(f"wrote {event.out} ({event.info['frames']} frames, {event.info['seconds']:.1f} s)")
+
     try:
-        separator = runner.load_separator(inputs)
-    except (FileNotFoundError, ValueError) as problem:
+        run_batch(jobs, model, sampling, inputs, start_parallel(parallel), overwrite=args.overwrite,
+                  progress=not args.quiet, on_event=report)
+    except BatchInputError as problem:
+        return error("\n       ".join(problem.problems))
+    except BatchSetupError as problem:
         return error(str(problem))
-    for task, out in todo:
-        try:
-            prepared.append((runner.prepare(task, inputs, separator=separator), out))
-        except (ValueError, FileNotFoundError, RuntimeError) as problem:
-            errors.append(f"{task.name}: {problem}")
-    if errors:
-        return error("\n       ".join(errors))
-    if not prepared:
-        return 0
-    try:
-        loaded = runner.load_pipeline(model, progress=not args.quiet)
-    except (CheckpointError, ValueError, OSError) as problem:
-        return error(str(problem))
-    for item, out in prepared:
-        result = runner.generate(loaded, item, sampling)
-        runner.write_output(out, result, item)
-        if not args.quiet:
-            print(f"wrote {out} ({result.info['frames']} frames, {result.info['seconds']:.1f} s)")
     return 0
