@@ -163,8 +163,7 @@ def rescale(coefficients, value: float) -> float:
 
 
 def apply_teacache(transformer, threshold: float, coefficients, warmup: int) -> None:
-    from diffusers.hooks import HookRegistry, ModelHook, StateManager
-    from diffusers.hooks.hooks import BaseState
+    from diffusers.hooks.hooks import BaseState, HookRegistry, ModelHook, StateManager
 
     class State(BaseState):
         def __init__(self):

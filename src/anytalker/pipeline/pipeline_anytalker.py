@@ -228,12 +228,19 @@ class AnyTalkerPipeline(DiffusionPipeline):
         and the tensors of the dict it returns replace the loop's (diffusers' contract)."""
         tensors = dict(tensors)
         self.scheduler.set_timesteps(num_inference_steps, device=tensors["latents"].device)
+        # Step caches (anytalker.acceleration.caches) start afresh each window; every transformer call
+        # runs in a cache context, one per step for all the batched guidance passes.
+        self.transformer._reset_stateful_cache()
+        sigmas = getattr(self.scheduler, "sigmas", None)
         with self.progress_bar(total=num_inference_steps) as bar:
             bar.set_description(f"window {self.current_window + 1}/{self.num_windows}")
             for step, timestep in enumerate(self.scheduler.timesteps):
                 if self.interrupt:
                     continue
-                noise_pred = self.predict_noise(tensors, timestep, guidance_scale, audio_guidance_scale)
+                with self.transformer.cache_context(
+                        "denoise", step_index=step, num_inference_steps=num_inference_steps, timestep=float(timestep),
+                        sigma=float(sigmas[step]) if sigmas is not None else None):
+                    noise_pred = self.predict_noise(tensors, timestep, guidance_scale, audio_guidance_scale)
                 tensors["latents"] = self.scheduler.step(noise_pred, timestep, tensors["latents"], return_dict=False)[0]
                 if callback_on_step_end is not None:
                     callback_kwargs = {name: tensors[name] for name in callback_on_step_end_tensor_inputs}
