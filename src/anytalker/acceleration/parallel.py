@@ -96,6 +96,7 @@ class ParallelContext:
     context_parallel: int = 1
     ulysses_anything: bool = False
     mesh: object = None  # DeviceMesh ("batch", "ring", "ulysses") when context_parallel > 1
+    device: str = "cpu"  # "cuda": this process's GPU (torch.cuda.current_device())
 
     @property
     def num_groups(self) -> int:
@@ -140,7 +141,7 @@ def start_parallel(settings: ParallelSettings, device: str | None = None) -> Par
             dist.init_process_group("cpu:gloo,cuda:nccl" if device == "cuda" else "gloo", rank=rank, world_size=world)
         mesh = dist.device_mesh.init_device_mesh(device, (world // degree, 1, degree),
                                                  mesh_dim_names=("batch", "ring", "ulysses"))
-    return ParallelContext(rank, world, local, degree, settings.ulysses_anything, mesh)
+    return ParallelContext(rank, world, local, degree, settings.ulysses_anything, mesh, device)
 
 
 def enable_context_parallel(transformer, context: ParallelContext, plan: dict | None = None) -> None:
@@ -182,10 +183,12 @@ def enable_context_parallel(transformer, context: ParallelContext, plan: dict | 
 def broadcast(value, context: ParallelContext):
     """`value` (a tensor or a tuple of tensors; anything on the other ranks) from the group's
     writer to every rank of the group. Tensors arrive contiguous on the writer's device type
-    (this rank's device); the writer returns contiguous copies too, so every rank holds the same bits."""
+    (this rank's device); the writer returns contiguous copies too, so every rank holds the same
+    bits. On GPUs every tensor travels through the GPU (NCCL), CPU ones included."""
     dist = torch.distributed
     group = context.process_group
     single = torch.is_tensor(value)
+    transport = torch.device("cuda", torch.cuda.current_device()) if context.device == "cuda" else None
     if context.is_writer:
         tensors = [t.contiguous() for t in ((value,) if single else value)]
         header = [(single, [(t.shape, t.dtype, t.device.type) for t in tensors])]
@@ -193,16 +196,15 @@ def broadcast(value, context: ParallelContext):
         header = [None]
     dist.broadcast_object_list(header, src=context.leader, group=group)
     single, specs = header[0]
-    if not context.is_writer:
-        tensors = [torch.empty(shape, dtype=dtype, device=_local_device(kind, context))
-                   for shape, dtype, kind in specs]
-    for tensor in tensors:
+    if context.is_writer:
+        sent = [t.to(transport or t.device) for t in tensors]
+    else:
+        sent = [torch.empty(shape, dtype=dtype, device=transport or kind) for shape, dtype, kind in specs]
+    for tensor in sent:
         dist.broadcast(tensor, src=context.leader, group=group)
+    if not context.is_writer:
+        tensors = [t.to(kind) for t, (_, _, kind) in zip(sent, specs)]
     return tensors[0] if single else tuple(tensors)
-
-
-def _local_device(kind: str, context: ParallelContext) -> torch.device:
-    return torch.device("cuda", torch.cuda.current_device()) if kind == "cuda" else torch.device(kind)
 
 
 def broadcast_object(value, context: ParallelContext):
