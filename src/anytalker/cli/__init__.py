@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import os
 
-from . import app, bench, calibrate, convert, demo, evaluate, generate, parity, prepare, puppets, train
+from . import app, bench, calibrate, convert, demo, evaluate, generate, parity, prepare, puppets, serve, train
 
-SUBCOMMANDS = (parity, convert, generate, prepare, train, evaluate, bench, calibrate, puppets, demo, app)
+SUBCOMMANDS = (parity, convert, generate, prepare, train, evaluate, bench, calibrate, puppets, demo, serve, app)
 
 
 def _offline() -> None:
