@@ -237,3 +237,28 @@ def parallelize(loaded, context: ParallelContext):
         enable_context_parallel(loaded.pipe.transformer, context)
         share_pipeline_work(loaded.pipe, context)
     return loaded
+
+
+# Collecting over the whole launch waits for the slowest process's share of a long job (a bench's
+# generations): far past torch.distributed's default 30-minute timeout.
+COLLECT_TIMEOUT_S = 7 * 24 * 3600
+
+
+def collect(value, context: ParallelContext, timeout_s: float = COLLECT_TIMEOUT_S) -> list | None:
+    """Every process's picklable `value`, in rank order, on rank 0 (None on the others); also a
+    barrier of the whole launch. One process: [value]. Travels over a gloo group (the default group
+    when this call creates it; a new gloo group over an existing one), so it needs no GPU backend."""
+    if context.world_size < 2:
+        return [value]
+    import datetime
+
+    dist = torch.distributed
+    timeout = datetime.timedelta(seconds=timeout_s)
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", rank=context.rank, world_size=context.world_size, timeout=timeout)
+        group = None
+    else:
+        group = dist.new_group(backend="gloo", timeout=timeout)
+    gathered = [None] * context.world_size if context.rank == 0 else None
+    dist.gather_object(value, gathered, dst=0, group=group)
+    return gathered

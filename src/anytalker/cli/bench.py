@@ -34,6 +34,13 @@ generations are retried on the next run; failed evaluations of an unchanged vide
 are deterministic), --reevaluate redoes them. Every case ends in the tables: a failure is recorded
 with its stage (input, generation, evaluation), reason and message and counted; never dropped.
 
+Over several processes (one per GPU), the cases to generate are shared, each process writing its own
+videos; once all are done, rank 0 evaluates and writes the tables (the others exit 0):
+    torchrun --nproc_per_node 8 -m anytalker.cli bench --model MODEL --benchmark DIR --out OUT
+    accelerate launch --num_processes 8 -m anytalker.cli bench --model MODEL --benchmark DIR --out OUT
+A rerun skips the finished videos (whoever made them); a failed generation is recorded in
+metrics/<case>.json and the others go on.
+
 Exit codes: 0 at least one case scored on every requested metric, 1 no case did, 2 bad input
 (unknown case, missing weights or reference images, kept videos made with other settings).
 """
@@ -116,4 +123,6 @@ def run(args: argparse.Namespace) -> int:
                             say=_silent if args.quiet else print)
     except (SettingsError, BenchError) as problem:
         return error(str(problem))
+    if summary is None:  # another process of a launch: rank 0 evaluates and reports
+        return 0
     return 0 if summary["scored"] else 1

@@ -6,6 +6,14 @@ tabulated and plotted. Every input is checked before a model is loaded.
 
     summary = run_bench(BenchSettings("InteractiveEyes", "results", image="two.png"),
                         ModelSettings("checkpoints"), SamplingSettings(), InputSettings())
+
+Over the processes of a launch (`torchrun --nproc_per_node P -m anytalker.cli bench ...`, `accelerate
+launch`), the cases to generate are shared as `anytalker.pipeline.batch.run_batch` shares its tasks
+(`share_of`: case i belongs to process i mod P): each process checks every kept video, prepares and
+generates its own cases, each video written atomically by its owner (the sidecar records its rank),
+a failed generation recorded and the others going on. Then every process hands its failure records
+to rank 0 (`parallel.collect`, a barrier), which evaluates and writes the tables and plots; the other
+processes return None.
 """
 
 from __future__ import annotations
@@ -16,7 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ...acceleration.parallel import ParallelContext, ParallelSettings, collect, launch_env, start_parallel
 from ...pipeline import runner
+from ...pipeline.batch import share_of
 from ...pipeline.settings import InputSettings, Label, ModelSettings, SamplingSettings, SettingsError
 from ...utils.records import jsonable, read_record, write_record
 from ..landmarks import LANDMARK_BACKENDS
@@ -102,9 +112,13 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
 
 
+def _silent(message: str) -> None:
+    pass
+
+
 def run_bench(bench: BenchSettings, model: ModelSettings, sampling: SamplingSettings, inputs: InputSettings,
               progress: bool = True, say: Callable[[str], None] = print,
-              notify: Callable[[str], None] = _stderr) -> dict:
+              notify: Callable[[str], None] = _stderr, context: ParallelContext | None = None) -> dict | None:
     """Generates every case of a benchmark (resumable), evaluates them, writes CSV, markdown and plots.
 
     Returns the summary (cases, scored, failed, failures by reason, means and counts per column,
@@ -112,6 +126,10 @@ def run_bench(bench: BenchSettings, model: ModelSettings, sampling: SamplingSett
     missing plots). Raises BenchError (SettingsError for bad settings) before any model is loaded
     when an input is wrong: unknown case, missing weights or reference images, kept videos made with
     other settings. Failures of single cases are recorded and counted, never raised.
+
+    `context`: this process's place in the launch (default: the launcher's environment). With several
+    processes each generates its share; rank 0 alone evaluates, tabulates and returns the summary, the
+    others return None (and say nothing but notices).
     """
     from tqdm import tqdm
 
@@ -121,6 +139,11 @@ def run_bench(bench: BenchSettings, model: ModelSettings, sampling: SamplingSett
     from ..weights import MissingWeightsError
 
     bench = bench.validate()
+    if context is None:
+        context = start_parallel(ParallelSettings()) if launch_env()[1] > 1 else ParallelContext()
+    several = context.world_size > 1
+    if several and context.rank != 0:
+        say, progress = _silent, False
     sampling = runner.resolved_sampling(model, sampling)  # kept sidecars record the values used
     out = Path(bench.out).absolute()
     try:
@@ -141,8 +164,11 @@ def run_bench(bench: BenchSettings, model: ModelSettings, sampling: SamplingSett
 
     # 1. Inputs and kept videos; everything is checked before a model is loaded.
     records: dict[str, dict] = {}
-    to_generate, kept, notes = _plan(cases, out, bench, model, sampling, inputs, separator, records)
-    say(f"{len(cases)} cases: {kept} videos kept, {len(to_generate)} to generate, "
+    # Several processes: each checks every kept video but prepares and generates only its own cases.
+    mine = {case.name for case in share_of(cases, context)} if several else None
+    to_generate, kept, notes = _plan(cases, out, bench, model, sampling, inputs, separator, records, mine)
+    share = f"rank {context.rank} of {context.world_size}: {len(mine)} of " if several else ""
+    say(f"{share}{len(cases)} cases: {kept} videos kept, {len(to_generate)} to generate, "
         f"{sum(r['stage'] == 'input' for r in records.values())} with input failures")
     for note in notes:
         notify(f"note: {note}")
@@ -153,15 +179,26 @@ def run_bench(bench: BenchSettings, model: ModelSettings, sampling: SamplingSett
             loaded = runner.load_pipeline(model, progress=progress)
         except (CheckpointError, ValueError, OSError) as problem:
             raise BenchError(str(problem)) from problem
+        extra = {"rank": context.rank, "world_size": context.world_size} if several else {}
         for case, prepared, video in tqdm(to_generate, desc="generating", unit="case", disable=not progress):
             started = time.perf_counter()
             try:
                 result = runner.generate(loaded, prepared, sampling)
                 runner.write_output(video, result, prepared, benchmark_case=case.name,
-                                    generation_s=time.perf_counter() - started)
+                                    generation_s=time.perf_counter() - started, **extra)
             except (RuntimeError, ValueError, OSError) as problem:  # torch OOM is a RuntimeError
                 records[case.name] = failure_record(case, "generation", "generation_error",
                                                     f"{type(problem).__name__}: {problem}")
+
+    if several:  # every process's input and generation failures to rank 0, once all are done
+        gathered = collect(records, context)
+        if context.rank != 0:
+            return None
+        for part in gathered:
+            records.update(part)
+        for case in cases:  # the other processes' clips: their references were written by their owners
+            if case.clip is not None and case.name not in records:
+                case.image = out / "references" / f"{case.name}.png"
 
     # 3. Evaluation: kept metric records are reused when video and settings are unchanged.
     reused = _evaluate(cases, out, ctx, bench.reevaluate, records, progress)
@@ -184,14 +221,23 @@ def run_bench(bench: BenchSettings, model: ModelSettings, sampling: SamplingSett
 
 
 def _plan(cases: list[Case], out: Path, bench: BenchSettings, model: ModelSettings, sampling: SamplingSettings,
-          inputs: InputSettings, separator, records: dict) -> tuple[list, int, list[str]]:
+          inputs: InputSettings, separator, records: dict, mine: set[str] | None = None) -> tuple[list, int, list[str]]:
     """([(case, prepared task, video path)] to generate, number of kept videos, notes). Input failures
-    go to `records`; kept videos made with other settings raise BenchError."""
+    go to `records`; kept videos made with other settings raise BenchError. `mine`: the cases this
+    process generates (default all); the others' kept videos are checked only (nothing is written)."""
     from ...pipeline.tasks import GenerationTask
 
     videos = out / "videos"
     to_generate, mismatched, notes, kept = [], [], [], 0
     for case in cases:
+        if mine is not None and case.name not in mine:  # another process's case: its kept video is checked
+            video = videos / f"{case.name}.mp4"
+            sidecar = read_record(video.with_suffix(".json")) if video.is_file() else None
+            why = None if case.problem or sidecar is None or bench.overwrite else \
+                kept_video_mismatch(case, sidecar, model, sampling)
+            if why:
+                mismatched.append(f"{case.name}: {why}")
+            continue
         if case.problem:
             records[case.name] = failure_record(case, "input", *case.problem)
             continue
