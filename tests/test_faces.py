@@ -277,3 +277,18 @@ def test_mask_channels_layout():
     assert torch.all(channels[:, 0] == 1)
     assert torch.equal(channels[:, 1:, :2], torch.full((4, 2, 2, 4), 2.0))
     assert torch.all(channels[:, 1:, 2:] == 0)
+
+
+def test_detection_from_many_threads_at_once():
+    """dlib/OpenCV detectors are not thread-safe (six threads crashed the process about one run in
+    four): the REST server's and the app's request threads detect through one lock."""
+    import threading
+
+    image = load_image(example("2p-1.png"))
+    found = []
+    threads = [threading.Thread(target=lambda: found.append(detect_faces(image, max_faces=2).boxes)) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert len(found) == 6 and len({tuple(b.as_tuple() for b in boxes) for boxes in found}) == 1

@@ -158,3 +158,13 @@ def test_no_private_name_imported_across_packages():
                 if private and target != own:
                     offenders.append(f"{path.relative_to(SRC)}: {private} from {node.module}")
     assert offenders == []
+
+
+def test_too_many_unipc_steps_is_a_settings_error():
+    """UniPC's timesteps repeat past ~300 steps at shift 3 and its update then fails mid-run."""
+    with pytest.raises(SettingsError, match="steps 400 is too many for the unipc scheduler") as caught:
+        runner.resolved_sampling(ModelSettings("random-tiny"), SamplingSettings(steps=400))
+    assert caught.value.field == "steps"
+    assert runner.resolved_sampling(ModelSettings("random-tiny"), SamplingSettings(steps=300)).steps == 300
+    euler = ModelSettings("random-tiny", scheduler="euler")
+    assert runner.resolved_sampling(euler, SamplingSettings(steps=400)).steps == 400

@@ -27,14 +27,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..pipeline.settings import SettingsError
+from ..pipeline.settings import SettingsError, plain_label
 
 # Pipeline steps that run on the writer only (their outputs are broadcast to the group).
 SHARED_PIPELINE_STEPS = ("encode_prompt", "encode_image", "encode_audio", "prepare_latents", "decode")
-
-
-def _plain(name: str) -> str:
-    return name
 
 
 def launch_env() -> tuple[int, int, int]:
@@ -60,7 +56,7 @@ class ParallelSettings:
     context_parallel: int = 1
     ulysses_anything: bool = False
 
-    def validate(self, label: Callable[[str], str] = _plain, world_size: int | None = None,
+    def validate(self, label: Callable[[str], str] = plain_label, world_size: int | None = None,
                  model=None) -> "ParallelSettings":
         """Checks against the launch (`world_size`: the launcher's unless given) and, when given,
         the ModelSettings: offloading and step caches do not combine with context parallelism."""

@@ -124,7 +124,7 @@ def sampling_settings(args: argparse.Namespace, model: ModelSettings) -> Samplin
         guidance_scale=args.guidance_scale, audio_guidance_scale=args.audio_guidance_scale,
         max_frames_per_window=args.max_frames_per_window, motion_frames=args.motion_frames, seed=args.seed,
         negative_prompt=args.negative_prompt).validate(flag_label)
-    return resolved_sampling(model, settings).validate(flag_label)
+    return resolved_sampling(model, settings, flag_label)
 
 
 def input_settings(args: argparse.Namespace) -> InputSettings:

@@ -29,6 +29,7 @@ import importlib.util
 import math
 import numbers
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -207,6 +208,12 @@ class Detection:
         return "; ".join(parts)
 
 
+# dlib's and OpenCV's detectors (and their lazy construction) are not thread-safe: six threads
+# detecting at once crashed the process (SIGSEGV) about one run in four (the REST server's and the
+# app's request threads). One detection at a time; each takes about a second.
+_DETECTION_LOCK = threading.RLock()
+
+
 def detect_faces(image, max_faces: int | None = None,
                  detectors: Sequence[str | FaceDetector] = DEFAULT_DETECTORS,
                  min_faces: int | None = None, keep: Callable[[FaceBox], bool] | None = None) -> Detection:
@@ -224,11 +231,12 @@ def detect_faces(image, max_faces: int | None = None,
     attempts, best = [], None
     for spec in detectors:
         name = spec if isinstance(spec, str) else spec.name
-        start = time.perf_counter()
         try:
-            detector = get_detector(spec) if isinstance(spec, str) else spec
-            boxes = sorted((box for box in detector.detect(rgb) if keep is None or keep(box)),
-                           key=lambda box: box.area, reverse=True)
+            with _DETECTION_LOCK:
+                start = time.perf_counter()
+                detector = get_detector(spec) if isinstance(spec, str) else spec
+                boxes = sorted((box for box in detector.detect(rgb) if keep is None or keep(box)),
+                               key=lambda box: box.area, reverse=True)
         except DetectorUnavailable as error:
             attempts.append(DetectorAttempt(name, 0, time.perf_counter() - start, str(error)))
             continue

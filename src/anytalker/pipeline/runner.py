@@ -16,13 +16,13 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-from .settings import DTYPES, InputSettings, ModelSettings, SamplingSettings, SettingsError
+from .settings import DTYPES, InputSettings, ModelSettings, SamplingSettings, SettingsError, plain_label
 from .tasks import GenerationTask, PreparedTask, prepare_task, write_result
 
 __all__ = [
@@ -38,6 +38,9 @@ RELEASE_DEFAULTS = {"steps": 40, "guidance_scale": 4.5, "max_frames_per_window":
 RANDOM_TINY_DEFAULTS = {**RELEASE_DEFAULTS, "steps": 4, "area": 32 * 48}
 # puppets-tiny was trained without condition dropout (no unconditional branch to guide with).
 PUPPETS_TINY_DEFAULTS = {**RELEASE_DEFAULTS, "steps": 20, "guidance_scale": 1.0}
+# In a model folder, next to model_index.json: the sampling defaults the model was made for, e.g.
+# {"max_frames_per_window": 49, "steps": 20, "guidance_scale": 1.0} (49: its trained clip length).
+GENERATION_DEFAULTS = "generation_defaults.json"
 
 
 def bundled_puppets_folder() -> Path:
@@ -46,19 +49,35 @@ def bundled_puppets_folder() -> Path:
 
 
 def model_defaults(settings: ModelSettings) -> dict:
-    """Sampling defaults of a model, known before it loads (they fill `SamplingSettings` Nones);
-    a speed preset's (`SpeedSettings.preset`) replace the model's."""
+    """Sampling defaults of a model, known before it loads (they fill `SamplingSettings` Nones):
+    the built-in ones, then those its folder records (GENERATION_DEFAULTS, `folder_defaults`); a
+    speed preset's (`SpeedSettings.preset`) replace the model's."""
     if settings.model == RANDOM_TINY:
         defaults = dict(RANDOM_TINY_DEFAULTS)
     elif settings.model == PUPPETS_TINY or Path(settings.model).resolve() == bundled_puppets_folder().resolve():
         defaults = dict(PUPPETS_TINY_DEFAULTS)
     else:
         defaults = dict(RELEASE_DEFAULTS)
+    if settings.model != RANDOM_TINY:
+        defaults.update(folder_defaults(model_folder(settings)))
     if settings.speed is not None and settings.speed.preset:
         from .settings import PRESETS
 
         defaults.update(PRESETS[settings.speed.preset]["sampling"])
     return defaults
+
+
+def folder_defaults(folder: str | os.PathLike) -> dict:
+    """The sampling defaults a model folder records in GENERATION_DEFAULTS (the puppets recipe's
+    export writes them: trained window length, steps, guidance); {} when it has none. Keys that
+    are not `SamplingSettings` fields are ignored."""
+    import json
+
+    path = Path(folder) / GENERATION_DEFAULTS
+    if not path.is_file():
+        return {}
+    known = {f.name for f in fields(SamplingSettings)}
+    return {key: value for key, value in json.loads(path.read_text()).items() if key in known}
 
 
 def model_folder(settings: ModelSettings) -> Path | None:
@@ -181,10 +200,18 @@ def prepare(task: GenerationTask, inputs: InputSettings | None = None, separator
                         separator=separator)
 
 
-def resolved_sampling(model: LoadedPipeline | ModelSettings, sampling: SamplingSettings) -> SamplingSettings:
-    """`sampling` with the model's defaults filled in, validated."""
+def resolved_sampling(model: LoadedPipeline | ModelSettings, sampling: SamplingSettings,
+                      label=plain_label) -> SamplingSettings:
+    """`sampling` with the model's defaults filled in, validated (with the model's scheduler)."""
+    from .scheduling import RELEASE_FLOW_SHIFT, repeated_timesteps
+
+    settings = model.settings if isinstance(model, LoadedPipeline) else model
     defaults = model.defaults if isinstance(model, LoadedPipeline) else model_defaults(model)
-    return sampling.with_defaults(**defaults).validate()
+    sampling = sampling.with_defaults(**defaults).validate(label)
+    if repeated_timesteps(settings.scheduler, settings.flow_shift or RELEASE_FLOW_SHIFT, sampling.steps):
+        raise SettingsError("steps", f"{label('steps')} {sampling.steps} is too many for the {settings.scheduler} "
+                                     "scheduler (its timesteps would repeat): use fewer or --scheduler euler")
+    return sampling
 
 
 def generate(model: LoadedPipeline, inputs: GenerationInputs | PreparedTask, sampling: SamplingSettings,

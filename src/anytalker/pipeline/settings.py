@@ -29,7 +29,8 @@ PRESETS = {"few-step": {"sampling": {"steps": 4, "guidance_scale": 1.0}, "schedu
 Label = Callable[[str], str]
 
 
-def _plain(name: str) -> str:
+def plain_label(name: str) -> str:
+    """How the library names a field in an error: as the dataclass spells it."""
     return name
 
 
@@ -55,7 +56,7 @@ def parse_size(text: str, label: str = "size") -> tuple[int, int]:
     return height, width
 
 
-def check_window(max_frames: int, motion_frames: int, label: Label = _plain) -> None:
+def check_window(max_frames: int, motion_frames: int, label: Label = plain_label) -> None:
     """Long-video windows: both lengths 4n+1 (the VAE's temporal stride), the carried frames fewer."""
     for name, value in (("max_frames_per_window", max_frames), ("motion_frames", motion_frames)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (value - 1) % TEMPORAL_STRIDE:
@@ -82,7 +83,7 @@ class ModelSettings:
     seed: int = 0  # random-tiny's weights
     speed: "SpeedSettings | None" = None  # attention backend, LoRA, quantization, offload, compile, caches
 
-    def validate(self, label: Label = _plain) -> "ModelSettings":
+    def validate(self, label: Label = plain_label) -> "ModelSettings":
         if not self.model:
             raise SettingsError("model", f"{label('model')} is empty: name a model folder, random-tiny or puppets-tiny")
         if self.variant not in VARIANTS:
@@ -154,7 +155,7 @@ class SpeedSettings:
     cache_patterns: tuple[str, ...] | None = None
     cache_calibration: str | None = None
 
-    def validate(self, label: Label = _plain) -> "SpeedSettings":
+    def validate(self, label: Label = plain_label) -> "SpeedSettings":
         from pathlib import Path
 
         from ..acceleration import backends
@@ -247,7 +248,7 @@ class SamplingSettings:
             raise TypeError(f"unknown sampling settings: {sorted(unknown)}")
         return replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
 
-    def validate(self, label: Label = _plain) -> "SamplingSettings":
+    def validate(self, label: Label = plain_label) -> "SamplingSettings":
         """Checks what is set (None fields are checked once the model's defaults fill them)."""
         if self.size is not None:
             height, width = self.size
@@ -278,7 +279,7 @@ class InputSettings:
     loudness_lufs: float | None = None
     separator: str | None = None  # TorchScript vocal-separation model (anytalker.audio.separation)
 
-    def validate(self, label: Label = _plain) -> "InputSettings":
+    def validate(self, label: Label = plain_label) -> "InputSettings":
         from ..faces.detection import ORDERS
 
         if self.order not in ORDERS:
