@@ -281,3 +281,54 @@ def test_trainable_modes_checkpointing_and_validation_clip(datasets, tmp_path):
     merged = _weights(tmp_path / "lora")
     assert not any("lora" in k for k in merged) and set(merged) == set(before)
     assert any(not torch.equal(merged[k], before[k]) for k in merged)
+
+
+@pytest.mark.parametrize("trainable", ["lora", "audio"])
+def test_saved_weights_equal_the_merged_model_and_its_ema_copy(datasets, tmp_path, trainable):
+    """save_model writes the gathered state dict (accelerator.get_state_dict) without touching the model:
+    bit-identical to the old route, fuse_lora + unload_lora / EMA copied into the model, on a copy."""
+    import copy
+
+    trainer = Trainer(_config(datasets / "stage1", tmp_path / trainable, 2, trainable=trainable, ema_decay=0.9),
+                      progress=False)
+    trainer.train()
+    model = trainer.unwrapped_transformer()
+    assert (trainable == "lora") == any("lora" in name for name in model.state_dict())  # the model is unchanged
+
+    def old_route(ema):
+        reference = copy.deepcopy(model)
+        if ema:
+            trainer.ema.copy_to([p for p in reference.parameters() if p.requires_grad])
+        if trainable == "lora":
+            reference.fuse_lora()
+            reference.unload_lora()
+        return reference.state_dict()
+
+    for folder, ema in (("transformer", False), ("transformer_ema", True)):
+        saved = load_file(str(tmp_path / trainable / folder / "diffusion_pytorch_model.safetensors"))
+        expected = old_route(ema)
+        assert set(saved) == set(expected) and not any("lora" in k for k in saved)
+        assert all(torch.equal(saved[k], expected[k]) for k in saved), folder
+        config = json.loads((tmp_path / trainable / folder / "config.json").read_text())
+        assert config["_class_name"] == type(model).__name__
+    plain, ema = (load_file(str(tmp_path / trainable / f / "diffusion_pytorch_model.safetensors"))
+                  for f in ("transformer", "transformer_ema"))
+    assert any(not torch.equal(plain[k], ema[k]) for k in plain)  # the EMA weights really differ
+
+
+def test_two_processes_save_merged_lora_and_ema_weights_through_the_gathered_state_dict(datasets, tmp_path):
+    """save_model under torchrun (2 CPU processes, DDP): every rank gathers, rank 0 writes; LoRA merged and
+    EMA weights as with one process."""
+    import yaml
+
+    one = _config(datasets / "stage1", tmp_path / "one", 2, trainable="lora", ema_decay=0.9)
+    Trainer(one, progress=False).train()
+    (tmp_path / "two.yaml").write_text(yaml.safe_dump(
+        _config(datasets / "stage1", tmp_path / "two", 2, trainable="lora", ema_decay=0.9)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "anytalker.cli",
+                    "train", str(tmp_path / "two.yaml"), "--quiet"], check=True, env=env, timeout=300)
+    for folder in ("transformer", "transformer_ema"):
+        a, b = (load_file(str(tmp_path / run / folder / "diffusion_pytorch_model.safetensors")) for run in ("one", "two"))
+        assert set(a) == set(b) and not any("lora" in k for k in b)
+        assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4, folder

@@ -214,23 +214,40 @@ class Trainer:
     def unwrapped_transformer(self):
         return self.accelerator.unwrap_model(self.transformer)
 
+    def sharded(self) -> bool:
+        """The weights are split over the processes (FSDP, DeepSpeed ZeRO-3): every process must
+        take part in each forward pass and in gathering the state dict."""
+        from accelerate.utils import DistributedType
+
+        acc = self.accelerator
+        if acc.distributed_type == DistributedType.FSDP:
+            return True
+        if acc.distributed_type == DistributedType.DEEPSPEED:
+            return acc.deepspeed_config.get("zero_optimization", {}).get("stage") == 3
+        return False
+
     def save_model(self) -> Path:
         """The trained transformer in diffusers format (`output/transformer`, and EMA weights in
-        `output/transformer_ema`), loadable as a pipeline component or a later stage's start."""
+        `output/transformer_ema`), loadable as a pipeline component or a later stage's start.
+
+        The full state dict is gathered on every process (`accelerator.get_state_dict`: FSDP and
+        ZeRO-3 gather collectively) and written by rank 0; the model itself is never changed (LoRA
+        adapters are merged into the written weights, EMA weights replace the trained ones in theirs)."""
         acc = self.accelerator
         acc.wait_for_everyone()
         target = self.output / "transformer"
+        state = acc.get_state_dict(self.transformer)
         if acc.is_main_process:
             model = self.unwrapped_transformer()
-            if self.config.train.trainable == "lora":  # ship plain weights: the adapters merged in
-                model.fuse_lora()
-                model.unload_lora()
-            model.save_pretrained(target)
+            lora = self.config.train.trainable == "lora"  # ship plain weights: the adapters merged in
+            save_pretrained_state(model, target, merged_lora_state_dict(model, state) if lora else state)
             if self.ema is not None:
-                self.ema.store(model.parameters())
-                self.ema.copy_to([p for p in model.parameters() if p.requires_grad])
-                model.save_pretrained(self.output / "transformer_ema")
-                self.ema.restore(model.parameters())
+                ema_state = dict(state)
+                trained = [_state_name(name) for name, p in model.named_parameters() if p.requires_grad]
+                for name, shadow in zip(trained, self.ema.shadow_params, strict=True):
+                    ema_state[name] = shadow.detach().to(device=state[name].device, dtype=state[name].dtype)
+                save_pretrained_state(model, self.output / "transformer_ema",
+                                      merged_lora_state_dict(model, ema_state) if lora else ema_state)
         acc.wait_for_everyone()
         return target
 
@@ -238,8 +255,12 @@ class Trainer:
     def validate(self) -> Path | None:
         """A short clip of a fixed validation sample (the dataset's first), generated through the
         generation API (`pipeline.runner.generate`) with the model as trained so far, and saved
-        as OUTPUT/validation/step-NNNNNN.mp4 with the sample's mixed tracks."""
-        if not self.accelerator.is_main_process:
+        as OUTPUT/validation/step-NNNNNN.mp4 with the sample's mixed tracks.
+
+        On rank 0 only; with sharded weights (FSDP, ZeRO-3) every process runs the same generation
+        (each forward needs all of them) and rank 0 alone writes the clip."""
+        sharded = self.sharded()
+        if not (sharded or self.accelerator.is_main_process):
             return None
         from ..audio.alignment import mix_tracks
         from ..audio.io import SAMPLE_RATE
@@ -250,7 +271,9 @@ class Trainer:
 
         cfg = self.config
         sample = self.index.read(0)
-        model = self.unwrapped_transformer()
+        # Sharded: the prepared model (FSDP1's wrapper gathers its flat parameters; FSDP2 and ZeRO-3
+        # are the module itself, with their gathering hooks).
+        model = self.transformer if sharded else self.unwrapped_transformer()
         model.eval()
         pipe = AnyTalkerPipeline(**{**self.components, "transformer": model})
         pipe.set_progress_bar_config(disable=True)
@@ -262,7 +285,79 @@ class Trainer:
             result = generate(wrap_pipeline(pipe, device=str(self.accelerator.device)), inputs, sampling)
         finally:
             model.train()
+        if not self.accelerator.is_main_process:
+            return None
         path = self.output / "validation" / f"step-{self.step:06d}.mp4"
         write_video(path, result.frames, cfg.data.fps, audio=mix_tracks(sample.audio, sample_rate=SAMPLE_RATE),
                     sample_rate=SAMPLE_RATE)
         return path
+
+
+def _state_name(name: str) -> str:
+    """A parameter's or module's name as full state dicts write it (wrapper segments removed)."""
+    for wrapper in ("_checkpoint_wrapped_module.", "_fsdp_wrapped_module."):
+        name = name.replace(wrapper, "")
+    return name
+
+
+def merged_lora_state_dict(model, state_dict: dict) -> dict:
+    """`state_dict` (of `model`, which carries PEFT LoRA adapters) with every active adapter merged
+    into its base weight and the adapters removed: the state dict `fuse_lora(); unload_lora()` would
+    leave, computed as PEFT's merge does (same operations, same bits), without changing `model`."""
+    from peft.tuners.lora import LoraLayer
+    from peft.utils.other import transpose
+
+    merged = dict(state_dict)
+    for name, module in model.named_modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        prefix = f"{_state_name(name)}." if name else ""
+        for adapter in module.active_adapters:
+            if adapter not in module.lora_A:
+                continue
+            if adapter in getattr(module, "lora_variant", {}) or getattr(module, "lora_bias", {}).get(adapter, False):
+                raise NotImplementedError(f"{name}: merging LoRA variants (DoRA ...) or LoRA biases is not supported")
+            weight_a = merged[f"{prefix}lora_A.{adapter}.weight"]
+            weight_b = merged[f"{prefix}lora_B.{adapter}.weight"]
+            dtype = weight_b.dtype
+            cast = weight_b.device.type == "cpu" and dtype in (torch.float16, torch.bfloat16)
+            if cast:
+                weight_a, weight_b = weight_a.float(), weight_b.float()
+            delta = transpose(weight_b @ weight_a, module.fan_in_fan_out) * module.scaling[adapter]
+            if cast:
+                delta = delta.to(dtype=dtype)
+            key = f"{prefix}base_layer.weight"
+            merged[key] = (merged[key] + delta).to(merged[key].dtype)
+    plain = {}
+    for key, value in merged.items():
+        if ".lora_" in f".{key}":
+            continue
+        plain[f".{key}".replace(".base_layer.", ".")[1:]] = value
+    return plain
+
+
+def save_pretrained_state(model, folder: str | os.PathLike, state_dict: dict, max_shard_size: str = "10GB") -> Path:
+    """`model.save_pretrained(folder)` with `state_dict` as the weights (diffusers' layout: config.json,
+    diffusion_pytorch_model.safetensors, sharded with an index past `max_shard_size`). The config
+    names the model's own class, not a wrapper's (FSDP2 renames the class to FSDP<name>)."""
+    import safetensors.torch
+    from diffusers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFETENSORS_WEIGHTS_NAME
+    from huggingface_hub import split_torch_state_dict_into_shards
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = model.to_json_string()
+    plain = next(c for c in type(model).__mro__ if not c.__name__.startswith("FSDP"))
+    if plain is not type(model):
+        config = json.dumps({**json.loads(config), "_class_name": plain.__name__}, indent=2, sort_keys=True) + "\n"
+    (folder / model.config_name).write_text(config, encoding="utf-8")
+    pattern = SAFETENSORS_WEIGHTS_NAME.replace(".safetensors", "{suffix}.safetensors")
+    split = split_torch_state_dict_into_shards(state_dict, max_shard_size=max_shard_size, filename_pattern=pattern)
+    for filename, names in split.filename_to_tensors.items():
+        shard = {name: state_dict[name].contiguous() for name in names}
+        safetensors.torch.save_file(shard, folder / filename, metadata={"format": "pt"})
+    if split.is_sharded:
+        index = {"metadata": dict(split.metadata), "weight_map": split.tensor_to_filename}
+        (folder / SAFE_WEIGHTS_INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n",
+                                                      encoding="utf-8")
+    return folder
