@@ -171,7 +171,7 @@ def _frames(folder: str, stride: int):
 
 def cmd_fid(args: argparse.Namespace) -> int:
     """FID between two folders of images / videos (pytorch-fid's Inception-v3, user-supplied weights)."""
-    from ..evaluation.fid import fid_from_features, inception_features, load_fid_inception
+    from ..evaluation.fid import inception_features, load_fid_inception
     from ..evaluation.weights import MissingWeightsError
 
     try:
@@ -182,14 +182,22 @@ def cmd_fid(args: argparse.Namespace) -> int:
         return error(str(problem))
     real = inception_features(model, _frames(args.real, args.frame_stride), args.batch_size)
     fake = inception_features(model, _frames(args.fake, args.frame_stride), args.batch_size)
-    report = {"fid": fid_from_features(real, fake), "real_images": len(real), "fake_images": len(fake)}
+    return _report_distance(args, "fid", real, fake, "image")
+
+
+def _report_distance(args, metric: str, real, fake, unit: str, extra: dict | None = None, detail: str = "") -> int:
+    """FID / FVD between two feature sets, printed (or as JSON) with the sample counts."""
+    from ..evaluation.fid import fid_from_features
+
+    report = {metric: fid_from_features(real, fake), f"real_{unit}s": len(real), f"fake_{unit}s": len(fake),
+              **(extra or {})}
     if min(len(real), len(fake)) <= real.shape[1]:
-        # Fewer samples than feature dimensions: the covariances are singular and FID is biased/noisy.
-        report["note"] = f"fewer images than the {real.shape[1]} feature dimensions: FID is unreliable"
+        # Fewer samples than feature dimensions: the covariances are singular and the distance biased/noisy.
+        report["note"] = f"fewer {unit}s than the {real.shape[1]} feature dimensions: {metric.upper()} is unreliable"
     if args.json:
         _print_json(report)
     else:
-        print(f"FID {report['fid']:.3f} ({len(real)} real, {len(fake)} generated images)"
+        print(f"{metric.upper()} {report[metric]:.3f} ({len(real)} real, {len(fake)} generated {unit}s{detail})"
               + (f"; note: {report['note']}" if "note" in report else ""))
     return 0
 
@@ -197,7 +205,6 @@ def cmd_fid(args: argparse.Namespace) -> int:
 def cmd_fvd(args: argparse.Namespace) -> int:
     """FVD between two folders of videos (I3D TorchScript, user-supplied)."""
     from ..video.io import read_video
-    from ..evaluation.fid import fid_from_features
     from ..evaluation.fvd import i3d_features, load_i3d, video_clips
     from ..evaluation.weights import MissingWeightsError
 
@@ -213,16 +220,8 @@ def cmd_fvd(args: argparse.Namespace) -> int:
     except (MissingWeightsError, FileNotFoundError, ValueError) as problem:
         return error(str(problem))
     real, fake = (i3d_features(model, clips, args.batch_size) for clips in sets)
-    report = {"fvd": fid_from_features(real, fake), "real_clips": len(real), "fake_clips": len(fake),
-              "frames_per_clip": args.frames}
-    if min(len(real), len(fake)) <= real.shape[1]:
-        report["note"] = f"fewer clips than the {real.shape[1]} feature dimensions: FVD is unreliable"
-    if args.json:
-        _print_json(report)
-    else:
-        print(f"FVD {report['fvd']:.3f} ({len(real)} real, {len(fake)} generated clips of {args.frames} frames)"
-              + (f"; note: {report['note']}" if "note" in report else ""))
-    return 0
+    return _report_distance(args, "fvd", real, fake, "clip", {"frames_per_clip": args.frames},
+                            f" of {args.frames} frames")
 
 
 def cmd_id(args: argparse.Namespace) -> int:
