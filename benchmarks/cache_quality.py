@@ -5,7 +5,8 @@ baseline and, for reference, the weight quantizations, on the held-out evaluatio
 (`puppets.model.evaluation_scenes`, seeds 900000+, 2 puppets, 49 frames) at 20 steps without
 guidance, as the bundled model's evaluation runs. MagCache and TeaCache use the calibration
 shipped in the model folder (`anytalker calibrate-cache puppets-tiny --scenes 4`, scenes 800000+).
-"Skipped" is the share of block evaluations (block x step) that a cache reused instead of running.
+"Skipped" is the share of block evaluations (block x step) that a cache reused instead of running;
+PSNR vs uncached compares each video with the uncached one of the same scene and seed.
 
     python benchmarks/cache_quality.py [--scenes 12] [--out results.json]
 
@@ -16,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 
+import numpy as np
 import torch
 
 from anytalker.acceleration.caches import BlockCounter
@@ -44,25 +47,34 @@ SETTINGS = [
 ]
 
 
-def evaluate(name, speed, scenes, steps):
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(((a.astype(np.float64) - b) ** 2).mean())
+    return float("inf") if mse == 0 else 10 * math.log10(255**2 / mse)
+
+
+def evaluate(name, speed, scenes, steps, uncached=None):
     loaded = runner.load_pipeline(ModelSettings("puppets-tiny", dtype="fp32", speed=speed), progress=False)
-    per_scene, start = [], time.perf_counter()
+    per_scene, videos, start = [], [], time.perf_counter()
     with BlockCounter(loaded.pipe.transformer) as counter:
         for scene in scenes:
-            per_scene.append(scene_metrics(generate_scene(loaded, scene, steps=steps), scene))
+            videos.append(generate_scene(loaded, scene, steps=steps))
+            per_scene.append(scene_metrics(videos[-1], scene))
     summary = summarize_metrics(per_scene)
-    return {"setting": name, "skipped": counter.skipped_fraction, "lip_own": summary["lip_own"],
-            "lip_other": summary["lip_other"], "binding": summary["binding"],
-            "binding_moments": summary["binding_moments"], "interactivity": summary["interactivity"],
-            "seconds": round(time.perf_counter() - start, 1), **counter.summary()}
+    uncached = uncached or videos
+    row = {"setting": name, "skipped": counter.skipped_fraction,
+           "psnr_vs_uncached": float(np.mean([psnr(a, b) for a, b in zip(videos, uncached)])),
+           "lip_own": summary["lip_own"], "lip_other": summary["lip_other"], "binding": summary["binding"],
+           "binding_moments": summary["binding_moments"], "interactivity": summary["interactivity"],
+           "seconds": round(time.perf_counter() - start, 1), **counter.summary()}
+    return videos, row
 
 
 def table(rows) -> str:
     base = rows[0]
-    lines = ["| setting | blocks skipped | lip sync own | vs uncached | lip sync other | binding | s / scene |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| setting | blocks skipped | PSNR vs uncached | lip sync own | vs uncached | lip sync other | binding "
+             "| s / scene |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['setting']} | {r['skipped']:.0%} | {r['lip_own']:.3f} | "
+        lines.append(f"| {r['setting']} | {r['skipped']:.0%} | {r['psnr_vs_uncached']:.1f} | {r['lip_own']:.3f} | "
                      f"{r['lip_own'] / base['lip_own']:.3f}x | {r['lip_other']:.3f} | {r['binding']:.3f} | "
                      f"{r['seconds'] / r['scenes']:.1f} |")
     return "\n".join(lines)
@@ -78,9 +90,11 @@ def main() -> None:
     torch.set_num_threads(1)
     scenes = evaluation_scenes(args.scenes)
     chosen = SETTINGS if not args.only else [s for s in SETTINGS if s[0] in args.only.split(",") or s[0] == "none"]
-    rows = []
+    rows, uncached = [], None
     for name, speed in chosen:
-        rows.append({**evaluate(name, speed, scenes, args.steps), "scenes": len(scenes)})
+        videos, row = evaluate(name, speed, scenes, args.steps, uncached)
+        uncached = uncached or videos  # the first setting is "none"
+        rows.append({**row, "scenes": len(scenes)})
         print(f"{name}: skipped {rows[-1]['skipped']:.0%}, lip own {rows[-1]['lip_own']:.3f}, "
               f"binding {rows[-1]['binding']:.3f}", flush=True)
         with open(args.out, "w") as handle:

@@ -6,7 +6,9 @@ encoders and VAE makes one video of 2 people at 128x224 px, 41 frames, 10 steps,
 random VAE's encode / decode take ~30 s here and are not the subject; a warm-up video first, so
 compilation is not counted), transformer block
 evaluations per video (`acceleration.caches.BlockCounter`) and the ratios to the plain pipeline.
-MagCache / TeaCache are calibrated on the plain pipeline first (another seed's video).
+MagCache / TeaCache are calibrated on the plain pipeline first (another seed's video). Block hooks
+do not fire inside compiled blocks, so compiled settings take the count of the same setting run
+eagerly (a cache decides the same either way).
 
     python benchmarks/speed_stack.py [--steps 10] [--only compile,teacache] [--out speed_stack.json]
 
@@ -129,6 +131,14 @@ def main() -> None:
         steps = None if speed is not None and speed.preset else args.steps
         row = measure(loaded, replace(sampling, steps=steps))
         frames = row.pop("frames")
+        if speed is not None and speed.compile:
+            # hooks inside compiled blocks do not fire: count on the same setting uncompiled
+            if speed.cache is None:
+                row["block_evaluations"] = row["transformer_calls"] * SMALL["num_layers"]
+            else:
+                eager = measure(load(replace(speed, compile=False), folder), replace(sampling, steps=steps))
+                row["block_evaluations"] = eager["block_evaluations"]
+            row["skipped_fraction"] = 1 - row["block_evaluations"] / (row["transformer_calls"] * SMALL["num_layers"])
         if reference is None:
             reference = (row, frames)
         base, base_frames = reference

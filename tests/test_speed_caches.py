@@ -147,3 +147,24 @@ def test_pipeline_calls_run_inside_a_cache_context():
     runner.generate(loaded, _inputs(), SamplingSettings(size=(32, 48), steps=3, seed=0))
     assert [kwargs["step_index"] for _, kwargs in seen] == [0, 1, 2]
     assert all(kwargs["num_inference_steps"] == 3 and kwargs["sigma"] is not None for _, kwargs in seen)
+
+
+def test_puppets_tiny_keeps_lip_sync_and_binding_while_skipping():
+    """The bundled model with its shipped calibration: TeaCache 0.1 skips >= 40% of the block
+    evaluations on held-out scenes and keeps lip sync (own track) >= 0.95x and binding as uncached
+    (benchmarks/cache_quality.py has the table over 12 scenes and every cache)."""
+    from anytalker.puppets.model import evaluation_scenes, generate_scene, scene_metrics, summarize_metrics
+
+    scenes = evaluation_scenes(2)
+
+    def evaluate(speed):
+        loaded = runner.load_pipeline(ModelSettings("puppets-tiny", dtype="fp32", speed=speed), progress=False)
+        with caches.BlockCounter(loaded.pipe.transformer) as counter:
+            summary = summarize_metrics([scene_metrics(generate_scene(loaded, scene), scene) for scene in scenes])
+        return summary, counter.skipped_fraction
+
+    uncached, _ = evaluate(None)
+    cached, skipped = evaluate(SpeedSettings(cache="teacache", cache_threshold=0.1))
+    assert skipped >= 0.4
+    assert cached["lip_own"] >= 0.95 * uncached["lip_own"]
+    assert cached["binding"] == uncached["binding"]
