@@ -179,7 +179,8 @@ def test_cli_reports_matched_keys_and_refuses_an_unmatched_file(base, tmp_path):
     save_file({"lora_te1_x.lora_down.weight": torch.zeros(2, 4)}, str(tmp_path / "bad.safetensors"))
     argv = ["generate", "--model", "random-tiny", "--image", str(tmp_path / "i.png"), "--audio",
             str(tmp_path / "a.wav"), "--bbox", "8,8,40,40", "--size", "32x48", "--steps", "1"]
-    code, _, err = run_cli([*argv, "--out", str(tmp_path / "good.mp4"), "--lora", f"{tmp_path / 'good.safetensors'}:0.5"])
+    good = f"{tmp_path / 'good.safetensors'}:0.5"
+    code, _, err = run_cli([*argv, "--out", str(tmp_path / "good.mp4"), "--lora", good])
     assert code == 0, err
     assert f"{len(state)} of {len(state)} keys matched" in err and "wan layout" in err
     code, _, err = run_cli([*argv, "--out", str(tmp_path / "bad.mp4"), "--lora", str(tmp_path / "bad.safetensors")])

@@ -6,5 +6,7 @@ applied by `pipeline.runner.load_pipeline`.
     quantization  fp8 weight storage, torchao int8 / fp8 weight-only, group and model offload
     compile       regional torch.compile of the repeated transformer blocks
     caches        step caches through diffusers' hooks (first-block, MagCache, TaylorSeer) and a
-                  TeaCache-style cache; their calibration (`anytalker calibrate-cache`)
+                  TeaCache-style cache; `calibration` measures them (`anytalker calibrate-cache`)
+    stack         the order `runner.load_pipeline` applies them in
+    parallel      context parallelism (several GPUs make one video)
 """
