@@ -159,9 +159,11 @@ def load_pipeline(settings: ModelSettings, progress: bool = True) -> LoadedPipel
     anytalker.acceleration) and the components moved to the GPU (or offloaded)."""
     import torch
 
+    from ..acceleration.caches import cache_setup
     from ..acceleration.stack import apply_speed
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    cache_setup(settings.speed, model_folder(settings))  # a missing cache calibration: before weights load
     pipe = build_pipeline(settings, device)
     scheduler, flow_shift = settings.resolved_scheduler()
     if scheduler != "unipc" or flow_shift is not None:
