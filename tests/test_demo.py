@@ -35,6 +35,8 @@ def test_demo_writes_every_documented_file(tmp_path, capsys):
     assert args.func(args) == 0
     printed = capsys.readouterr().out
     assert "seed 5" in printed and "generated" in printed and "ground_truth" in printed
+    assert "mouth std" in printed and "mouth max" in printed and "flicker" in printed
+    assert "1 window of <= 49 frames" in printed  # the model's trained window (generation_defaults.json)
 
     files = demo_files(out, 2)
     for path in files.values():
@@ -45,6 +47,11 @@ def test_demo_writes_every_documented_file(tmp_path, capsys):
         assert len(metrics[name]["lip_own"]) == 2
     assert metrics["seed"] == 5 and metrics["frames"] == 41
     assert metrics["ground_truth"]["binding"] == 1.0
+    truth = metrics["ground_truth"]
+    assert truth["amplitude_std_ratio"] == [1.0, 1.0] and truth["amplitude_max_ratio"] == [1.0, 1.0]
+    assert truth["flicker_ratio"] == 1.0 and metrics["generated"]["flicker"] >= 0
+    assert metrics["generated"]["flicker_truth"] == truth["flicker"]
+    assert (metrics["max_frames_per_window"], metrics["windows"]) == (49, 1)
 
     stacked, alone = read_video(files["video"]), read_video(files["generated"])
     assert stacked.frames.shape == (41, 128, 128, 3) and alone.frames.shape == (41, 64, 128, 3)
@@ -61,8 +68,9 @@ def test_demo_writes_every_documented_file(tmp_path, capsys):
 
 
 def test_demo_same_seed_same_scene_and_single_puppet(tmp_path):
-    first = run_demo(tmp_path / "a.mp4", persons=1, seed=11, steps=1, seconds=1, quiet=True)
-    second = run_demo(tmp_path / "b.mp4", persons=1, seed=11, steps=1, seconds=1, quiet=True)
+    first = run_demo(tmp_path / "a.mp4", persons=1, seed=11, steps=1, seconds=1, quiet=True, max_frames_per_window=9)
+    assert (first["max_frames_per_window"], first["windows"]) == (9, 5)  # 25 frames: an explicit window is kept
+    second = run_demo(tmp_path / "b.mp4", persons=1, seed=11, steps=1, seconds=1, quiet=True, max_frames_per_window=9)
     assert first["generated"]["lip_own"] == second["generated"]["lip_own"]
     assert first["generated"]["binding"] is None  # one puppet: no binding to check
     assert (tmp_path / "a.audio_0.wav").is_file() and not (tmp_path / "a.audio_1.wav").exists()

@@ -86,6 +86,83 @@ def test_scene_metrics_on_the_ground_truth_render():
     assert set(summary) >= {"lip_own", "lip_other", "binding", "interactivity", "scenes"}
 
 
+def _render_with_mouths(scene, scale: float):
+    """The scene re-rendered with every mouth opening scaled by `scale`: (frames, drawn heights [N, F])."""
+    from dataclasses import replace
+
+    from anytalker.puppets.render import render_frame, static_layer
+
+    static = static_layer(scene.background, scene.appearances, scene.tile)
+    frames, heights = [], []
+    for t in range(scene.num_frames):
+        poses = [scene.motion.pose(i, t) for i in range(scene.persons)]
+        frame, geometries = render_frame(static, scene.appearances, scene.tile,
+                                         [replace(pose, mouth_open=scale * pose.mouth_open) for pose in poses])
+        frames.append(frame)
+        heights.append([2 * g.mouth[3] for g in geometries])
+    return np.stack(frames), np.array(heights).T
+
+
+def test_mouth_amplitude_ratios_and_background_flicker():
+    from anytalker.puppets.model import scene_metrics, summarize_metrics
+
+    scene = make_scene(2, 900_123, frames=49)
+    truth = scene_metrics(scene.frames, scene)
+    assert truth["amplitude_std_ratio"] == [1.0, 1.0] and truth["amplitude_max_ratio"] == [1.0, 1.0]
+    assert truth["flicker"] > 0 and truth["flicker_ratio"] == 1.0
+    # Mouths opening half as wide: the drawn heights' std halves exactly, their max by what the
+    # closed mouth's height leaves; the pixel measurement reads both back within 0.03.
+    frames, drawn = _render_with_mouths(scene, 0.5)
+    half = scene_metrics(frames, scene)
+    drawn_truth = scene.ground_truth["mouth_height"]
+    expected_std = drawn.std(axis=1) / drawn_truth.std(axis=1)
+    expected_max = drawn.max(axis=1) / drawn_truth.max(axis=1)
+    np.testing.assert_allclose(expected_std, 0.5, atol=1e-6)
+    np.testing.assert_allclose(half["amplitude_std_ratio"], expected_std, atol=0.03)
+    np.testing.assert_allclose(half["amplitude_max_ratio"], expected_max, atol=0.03)
+    assert half["lip_own"] == pytest.approx(truth["lip_own"], abs=0.02)  # the correlation does not see it
+    assert half["flicker_ratio"] == 1.0  # only the faces changed
+    # A static video: no flicker, no mouth motion.
+    frozen = scene_metrics(np.repeat(scene.reference[None], scene.num_frames, axis=0), scene)
+    assert frozen["flicker"] == 0 and frozen["flicker_ratio"] == 0 and frozen["amplitude_std_ratio"] == [0.0, 0.0]
+    summary = summarize_metrics([truth, half])
+    assert summary["amplitude_std_ratio"] == pytest.approx(np.mean([1, 1, *half["amplitude_std_ratio"]]))
+    assert summary["flicker_ratio"] == 1.0 and summary["flicker"] == pytest.approx(truth["flicker"])
+    # Summaries of older results (no amplitude / flicker keys) still work.
+    old = {k: v for k, v in truth.items() if not k.startswith(("amplitude", "flicker", "mouth_"))}
+    assert summarize_metrics([old])["flicker_ratio"] is None
+
+
+def test_model_folders_record_their_generation_defaults(tmp_path):
+    from anytalker.pipeline.runner import GENERATION_DEFAULTS, ModelSettings, bundled_puppets_folder, model_defaults
+
+    bundled = json.loads((bundled_puppets_folder() / GENERATION_DEFAULTS).read_text())
+    assert bundled == {"max_frames_per_window": 49, "steps": 20, "guidance_scale": 1.0}
+    for name in ("puppets-tiny", str(bundled_puppets_folder())):
+        defaults = model_defaults(ModelSettings(name))
+        assert (defaults["max_frames_per_window"], defaults["steps"], defaults["guidance_scale"]) == (49, 20, 1.0)
+    (tmp_path / GENERATION_DEFAULTS).write_text(json.dumps({"max_frames_per_window": 17, "steps": 3, "note": "x"}))
+    folder = model_defaults(ModelSettings(str(tmp_path)))
+    assert (folder["max_frames_per_window"], folder["steps"], folder["guidance_scale"]) == (17, 3, 4.5)
+    assert "note" not in folder
+    assert model_defaults(ModelSettings(str(tmp_path / "none")))["max_frames_per_window"] == 81
+
+
+def test_long_scenes_are_generated_in_the_models_windows():
+    """A 4 s scene (97 frames) through the bundled model: windows of its trained 49 frames by
+    default (3 windows, 5 frames carried), one window when asked for."""
+    from anytalker.puppets.model import load_pipeline
+    from anytalker.puppets.model.evaluation import generate_scene_result
+
+    pipe, scene = load_pipeline(), make_scene(2, 900_001, frames=97)
+    windowed = generate_scene_result(pipe, scene, steps=1)
+    assert windowed.info["max_frames_per_window"] == 49
+    assert [(w["start"], w["length"]) for w in windowed.info["windows"]] == [(0, 49), (44, 49), (88, 9)]
+    assert windowed.frames.shape == scene.frames.shape
+    whole = generate_scene_result(pipe, scene, steps=1, max_frames_per_window=97)
+    assert [(w["start"], w["length"]) for w in whole.info["windows"]] == [(0, 97)]
+
+
 def test_missing_weights_say_how_to_build_them(tmp_path, monkeypatch):
     from anytalker.pipeline import runner
     from anytalker.puppets.model import WeightsMissing, load_pipeline
@@ -136,6 +213,8 @@ def test_recipe_quick_mode_runs_every_stage(tmp_path):
     assert state["results"]["prepare"]["stage1"]["samples"] > 0 and state["results"]["prepare"]["stage2"]["samples"] > 0
     assert state["results"]["stage2"]["steps"] == 2
     pipe = AnyTalkerPipeline.from_pretrained(out / "puppets-tiny")
+    for folder in ("puppets-tiny", "puppets-tiny-stage1"):  # the trained clip length: quick mode's 9 frames
+        assert json.loads((out / folder / "generation_defaults.json").read_text())["max_frames_per_window"] == 9
     assert pipe.vae.config.latents_std == json.loads((out / "vae" / "config.json").read_text())["latents_std"]
     evaluation = json.loads((out / "evaluation.json").read_text())
     assert set(evaluation) == {"ground_truth", "vae_reconstruction", "stage1", "stage2"}

@@ -12,8 +12,12 @@ Files, for `--out demo.mp4` (every name starts with the --out stem):
     demo.audio_<i>.wav    puppet i's own track (i = 0 the leftmost), 16 kHz mono
     demo.script.json      who says what when: phrases and per-puppet speaking intervals (seconds)
     demo.boxes.json       the face boxes given to the model (and the measurement boxes), left to right
-    demo.metrics.json     lip sync, binding and Interactivity of the generated video and of the
+    demo.metrics.json     lip sync, binding, Interactivity, mouth-opening amplitude (std and max,
+                          / ground truth) and background flicker of the generated video and of the
                           ground-truth render (see anytalker.puppets.model.metrics)
+
+Long scenes are generated in windows of the model's trained length (its generation_defaults.json;
+49 frames for puppets-tiny), as every surface does; `max_frames_per_window` overrides it.
 """
 
 from __future__ import annotations
@@ -25,7 +29,12 @@ from pathlib import Path
 
 from .model import finite_mean
 
-METRIC_KEYS = ("lip_own", "lip_other", "binding", "interactivity")
+METRIC_KEYS = ("lip_own", "lip_other", "binding", "interactivity", "amplitude_std_ratio", "amplitude_max_ratio",
+               "flicker", "flicker_ratio")
+# The printed table: (key, title, width) per column.
+TABLE = (("lip_own", "lip own", 9), ("lip_other", "lip other", 11), ("binding", "binding", 9),
+         ("interactivity", "interactivity", 15), ("amplitude_std_ratio", "mouth std", 11),
+         ("amplitude_max_ratio", "mouth max", 11), ("flicker", "flicker", 9), ("flicker_ratio", "flicker x", 11))
 
 
 def demo_files(out: str | os.PathLike, persons: int) -> dict[str, Path]:
@@ -46,7 +55,7 @@ def _frames_for(seconds: float, fps: int = 24) -> int:
 
 def run_demo(out: str | os.PathLike = "demo.mp4", persons: int = 2, seed: int | None = None, steps: int = 20,
              seconds: float = 2.0, model: str | os.PathLike | None = None, guidance_scale: float = 1.0,
-             quiet: bool = False) -> dict:
+             quiet: bool = False, max_frames_per_window: int | None = None) -> dict:
     """Makes the scene, generates it, writes the files above; returns the metrics dict."""
     import numpy as np
     import torch
@@ -55,7 +64,8 @@ def run_demo(out: str | os.PathLike = "demo.mp4", persons: int = 2, seed: int | 
     from ..utils.atomic import atomic_write, write_json_atomic
     from ..video.io import write_video
     from .dataset import make_scene, write_wav
-    from .model import generate_scene, load_pipeline, scene_metrics
+    from .model import load_pipeline, scene_metrics
+    from .model.evaluation import generate_scene_result
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", min(4, os.cpu_count() or 1))))
     start = time.perf_counter()
@@ -63,7 +73,9 @@ def run_demo(out: str | os.PathLike = "demo.mp4", persons: int = 2, seed: int | 
         seed = int.from_bytes(os.urandom(4), "little")
     pipe = load_pipeline(model)
     scene = make_scene(persons, seed, frames=_frames_for(seconds))
-    generated = generate_scene(pipe, scene, steps=steps, guidance_scale=guidance_scale, seed=seed)
+    result = generate_scene_result(pipe, scene, steps=steps, guidance_scale=guidance_scale, seed=seed,
+                                   max_frames_per_window=max_frames_per_window)
+    generated, info = result.frames, result.info
 
     files = demo_files(out, persons)
     files["video"].parent.mkdir(parents=True, exist_ok=True)
@@ -85,16 +97,20 @@ def run_demo(out: str | os.PathLike = "demo.mp4", persons: int = 2, seed: int | 
     write_json_atomic(files["boxes"], boxes)
     metrics = {"seed": seed, "persons": persons, "frames": scene.num_frames, "steps": steps,
                "guidance_scale": guidance_scale, "model": str(model) if model else "bundled puppets-tiny",
+               "max_frames_per_window": info.get("max_frames_per_window"), "windows": len(info.get("windows", [])),
                "generated": scene_metrics(generated, scene), "ground_truth": scene_metrics(scene.frames, scene)}
     metrics["seconds"] = round(time.perf_counter() - start, 1)
     write_json_atomic(files["metrics"], metrics)
     if not quiet:
         print(f"scene: {persons} puppet{'s' if persons > 1 else ''}, seed {seed}, {scene.num_frames} frames "
-              f"({scene.duration:.2f} s); {steps} denoising steps, {metrics['seconds']:.0f} s in all")
-        print(f"{'':14}{'lip own':>9}{'lip other':>11}{'binding':>9}{'interactivity':>15}")
+              f"({scene.duration:.2f} s); {steps} denoising steps, {metrics['windows']} window"
+              f"{'s' if metrics['windows'] != 1 else ''} of <= {metrics['max_frames_per_window']} frames, "
+              f"{metrics['seconds']:.0f} s in all")
+        print(f"{'':14}" + "".join(f"{title:>{width}}" for _, title, width in TABLE))
         for name in ("generated", "ground_truth"):
-            print(f"{name:14}" + "".join(f"{_number(metrics[name], key):>{w}}"
-                                         for key, w in zip(METRIC_KEYS, (9, 11, 9, 15))))
+            print(f"{name:14}" + "".join(f"{_number(metrics[name], key):>{width}}" for key, _, width in TABLE))
+        print("mouth std / max: the mouth opening's spread and maximum / the ground truth's; flicker: mean "
+              "frame-to-frame change outside the faces (0-255), x: / the ground truth's")
         print(f"wrote {files['video']} (generated over ground truth) and {len(files) - 1} files next to it")
     return metrics
 

@@ -17,26 +17,51 @@ from .bundled import load_pipeline
 from .metrics import correlation, scene_metrics, summarize_metrics
 
 
+def scene_model(pipe):
+    """`pipe` as a runner.LoadedPipeline whose defaults are its model folder's (`model_defaults`:
+    generation_defaults.json, e.g. puppets-tiny's 49-frame window) when it was loaded from one."""
+    from ...pipeline.runner import LoadedPipeline, ModelSettings, wrap_pipeline
+
+    if isinstance(pipe, LoadedPipeline):
+        return pipe
+    folder = getattr(pipe, "name_or_path", None)
+    if folder and (Path(folder) / "model_index.json").is_file():
+        return wrap_pipeline(pipe, ModelSettings(model=str(folder)))
+    return wrap_pipeline(pipe)
+
+
+def generate_scene_result(pipe, scene, steps: int = 20, guidance_scale: float = 1.0, seed: int = 0,
+                          max_frames_per_window: int | None = None, **sampling):
+    """`generate_scene` as a runner.GenerationResult: frames and info (its "windows", and
+    "max_frames_per_window", the window length used). `sampling`: other SamplingSettings fields
+    (e.g. audio_guidance_scale, motion_frames)."""
+    from ...faces.detection import square_box
+    from ...pipeline.runner import GenerationInputs, SamplingSettings, generate, resolved_sampling
+
+    loaded = scene_model(pipe)
+    height, width = scene.reference.shape[:2]
+    boxes = [square_box(box, (height, width)) for box in scene.face_boxes]
+    settings = resolved_sampling(loaded, SamplingSettings(size=(height, width), fps=scene.fps, steps=steps,
+                                                          guidance_scale=guidance_scale, seed=seed,
+                                                          max_frames_per_window=max_frames_per_window, **sampling))
+    result = generate(loaded, GenerationInputs(scene.reference, scene.tracks, boxes, scene.caption), settings)
+    result.info["max_frames_per_window"] = settings.max_frames_per_window
+    return result
+
+
 def generate_scene(pipe, scene, steps: int = 20, guidance_scale: float = 1.0, seed: int = 0,
-                   max_frames_per_window: int | None = None) -> np.ndarray:
+                   max_frames_per_window: int | None = None, **sampling) -> np.ndarray:
     """The model's video of a puppet scene: uint8 [F, H, W, 3], F = the scene's frame count.
 
     `pipe`: an AnyTalkerPipeline or a `LoadedPipeline`. Inputs as a user would give them: the
     reference image (the scene's neutral first frame), one track per puppet left to right, the
-    scene's face boxes (squared, as `prepare` squares them) and its caption, at the scene's size;
-    one window covers the scene unless `max_frames_per_window` says otherwise. guidance_scale 1 (no
-    guidance): training never drops the conditions, so the unconditional branch was never learned.
+    scene's face boxes (squared, as `prepare` squares them) and its caption, at the scene's size.
+    Windows: `max_frames_per_window` frames, by default the model's (`runner.model_defaults`: the
+    trained clip length in the model folder's generation_defaults.json, 49 for puppets-tiny; 81 for
+    a pipeline without a folder). guidance_scale 1 (no guidance): training never drops the
+    conditions, so the unconditional branch was never learned.
     """
-    from ...faces.detection import square_box
-    from ...pipeline.runner import GenerationInputs, LoadedPipeline, SamplingSettings, generate, wrap_pipeline
-
-    loaded = pipe if isinstance(pipe, LoadedPipeline) else wrap_pipeline(pipe)
-    height, width = scene.reference.shape[:2]
-    boxes = [square_box(box, (height, width)) for box in scene.face_boxes]
-    window = max_frames_per_window or ((scene.num_frames - 1) // 4 * 4 + 5)
-    sampling = SamplingSettings(size=(height, width), fps=scene.fps, steps=steps, guidance_scale=guidance_scale,
-                                max_frames_per_window=window, seed=seed)
-    return generate(loaded, GenerationInputs(scene.reference, scene.tracks, boxes, scene.caption), sampling).frames
+    return generate_scene_result(pipe, scene, steps, guidance_scale, seed, max_frames_per_window, **sampling).frames
 
 
 def evaluation_scenes(count: int, persons: int = 2, seed: int = 900_000, frames: int = 49) -> list:
@@ -47,9 +72,11 @@ def evaluation_scenes(count: int, persons: int = 2, seed: int = 900_000, frames:
 
 
 def evaluate_puppets_model(pipe, scenes: Sequence, steps: int = 20, guidance_scale: float = 1.0, seed: int = 0,
-                           progress: bool = False, keep_frames: bool = False, reference: str | None = None) -> dict:
+                           progress: bool = False, keep_frames: bool = False, reference: str | None = None,
+                           max_frames_per_window: int | None = None) -> dict:
     """Generates every scene with `pipe` and scores it (`metrics.scene_metrics`). Returns
-    {"summary", "scenes"[, "frames"]}.
+    {"summary", "scenes"[, "frames"]}. Windows: the model's trained length unless
+    `max_frames_per_window` says otherwise (see `generate_scene`).
 
     pipe=None scores the ground-truth renders; reference="vae" scores the renders encoded and
     decoded by pipe's VAE (the best the model's pixels can do: a ceiling for lip sync, and the
@@ -67,7 +94,7 @@ def evaluate_puppets_model(pipe, scenes: Sequence, steps: int = 20, guidance_sca
 
             frames = reconstruct(pipe.vae, scene.frames)
         else:
-            frames = generate_scene(pipe, scene, steps, guidance_scale, seed)
+            frames = generate_scene(pipe, scene, steps, guidance_scale, seed, max_frames_per_window)
         per_scene.append(scene_metrics(frames, scene))
         if keep_frames:
             videos.append(frames)
@@ -101,9 +128,25 @@ def vae_fidelity(vae, scenes) -> dict:
 # --------------------------------------------------------------------------------------------
 
 def evaluation_settings(recipe: dict, progress: bool) -> dict:
-    """`evaluate_puppets_model` keywords of the recipe's `evaluation` section."""
+    """`evaluate_puppets_model` keywords of the recipe's `evaluation` section. The held-out scenes
+    are as long as the training clips (`evaluation.frames`, 49 = `data.frames`): one window each,
+    also for pipelines made in memory (ablations) and in quick mode (9-frame clips, 49-frame scenes)."""
     settings = recipe["evaluation"]
-    return {"steps": settings["steps"], "guidance_scale": settings.get("guidance_scale", 1.0), "progress": progress}
+    return {"steps": settings["steps"], "guidance_scale": settings.get("guidance_scale", 1.0), "progress": progress,
+            "max_frames_per_window": max(trained_window(recipe), int(settings["frames"]))}
+
+
+def trained_window(recipe: dict) -> int:
+    """The longest window the recipe's model was trained on: its clips' frame count (4n+1)."""
+    return int(recipe["data"]["frames"])
+
+
+def generation_defaults(recipe: dict) -> dict:
+    """What an exported model folder's generation_defaults.json holds (`runner.model_defaults` reads
+    it): the trained window length and the recipe's sampling settings."""
+    settings = recipe["evaluation"]
+    return {"max_frames_per_window": trained_window(recipe), "steps": settings["steps"],
+            "guidance_scale": settings.get("guidance_scale", 1.0)}
 
 
 def held_out_scenes(recipe: dict, persons: int = 2) -> list:

@@ -9,7 +9,10 @@ from ...utils.atomic import atomic_write, write_json_atomic
 from ...utils.records import format_number
 
 TABLE_COLUMNS = (("lip_own", "lip sync, own track (r)"), ("lip_other", "lip sync, other tracks (r)"),
-                 ("binding", "binding"), ("interactivity", "Interactivity"))
+                 ("binding", "binding"), ("interactivity", "Interactivity"),
+                 ("amplitude_std_ratio", "mouth opening std / ground truth"),
+                 ("amplitude_max_ratio", "mouth opening max / ground truth"),
+                 ("flicker", "background flicker (0-255)"), ("flicker_ratio", "flicker / ground truth"))
 
 
 def _table(rows: list[tuple[str, dict]]) -> list[str]:

@@ -12,7 +12,7 @@ import numpy as np
 from ...utils.atomic import atomic_directory, write_json_atomic
 from .bundled import build_components, load_pipeline, pipeline_with
 from .cache import PuppetCache
-from .evaluation import vae_fidelity
+from .evaluation import generation_defaults, vae_fidelity
 
 
 def make_clips(folder: Path, persons: int, count: int, seed: int, data: dict, progress: bool) -> None:
@@ -172,9 +172,14 @@ def _folder_bytes(folder: Path) -> int:
 
 
 def step_export(out: Path, recipe: dict, configs: dict) -> dict:
-    """OUT/puppets-tiny (stage 2) and OUT/puppets-tiny-stage1 (stage 1 only), diffusers format."""
+    """OUT/puppets-tiny (stage 2) and OUT/puppets-tiny-stage1 (stage 1 only), diffusers format, each
+    with generation_defaults.json (the trained window length and sampling defaults that
+    `runner.model_defaults` reads)."""
+    from ...pipeline.runner import GENERATION_DEFAULTS
+
     for stage, target in (("stage2", out / "puppets-tiny"), ("stage1", out / "puppets-tiny-stage1")):
         pipeline_with(out / "base", stage_transformer(out, stage)).save_pretrained_atomic(target, overwrite=True)
+        write_json_atomic(target / GENERATION_DEFAULTS, generation_defaults(recipe))
     training = {"recipe": recipe, "stage1": configs["stage1"], "stage2": configs["stage2"]}
     write_json_atomic(out / "puppets-tiny" / "training.json", training)
     return {"bytes": _folder_bytes(out / "puppets-tiny")}
