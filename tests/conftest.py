@@ -98,4 +98,18 @@ def run_cli(argv: list[str]) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Modules of toy models use it (`pytestmark = pytest.mark.usefixtures("one_torch_thread")`): they
+    gain nothing from a second thread, and on a shared 2-core machine OpenMP threads that wait for
+    each other run the VAE's small conv3d calls ~10x slower (measured: one CLI run 2.3 s with 1
+    thread, 23 s with 2 while other jobs ran)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 from anytalker.parity import load_case  # noqa: E402,F401  (re-exported for the tests)

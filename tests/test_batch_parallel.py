@@ -17,7 +17,7 @@ import textwrap
 import numpy as np
 import pytest
 from test_context_parallel import free_port
-from test_generate import AUDIOS, IMAGES, cut, needs_examples, one_torch_thread, write_wav  # noqa: F401
+from test_generate import AUDIOS, IMAGES, cut, needs_examples, write_wav
 
 from anytalker import cli
 from anytalker.video.io import read_video
@@ -51,6 +51,8 @@ DRIVER = textwrap.dedent('''
     run_batch(tasks, ModelSettings("random-tiny"), SamplingSettings(size=(32, 48), steps=1), InputSettings(),
               start_parallel(ParallelSettings()), on_event=on_event, progress=False)
 ''')
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -44,15 +44,7 @@ LEFT_SPEECH, RIGHT_SPEECH = 0.25, 3.0
 # helpers
 # ------------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The toy models gain nothing from a second thread, and on a shared 2-core machine OpenMP
-    threads that wait for each other run the VAE's small conv3d calls ~10x slower (measured: one
-    CLI run 2.3 s with 1 thread, 23 s with 2 while other jobs ran)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def generate(capsys, *args, steps=1):

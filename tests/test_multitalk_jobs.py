@@ -16,13 +16,12 @@ import os
 import numpy as np
 import pytest
 from PIL import Image
-from test_generate import (  # noqa: F401  (turns and one_torch_thread are fixtures)
+from test_generate import (  # noqa: F401  (turns is a fixture)
     BOXES_2P1,
     IMAGES,
     assert_video,
     generate,
     needs_examples,
-    one_torch_thread,
     sidecar,
     turns,
 )
@@ -32,6 +31,8 @@ from anytalker.faces import FaceBox, load_image
 from anytalker.faces.detection import FaceCountError
 from anytalker.pipeline import runner
 from anytalker.pipeline.tasks import GenerationTask, prepare_task, read_batch_file
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 WIDE_HW = (1300, 2400)  # height, width of the wide canvas
 OFFSET = (432, 138)  # (x, y) where 2p-1 (1536 x 1024) sits on it

@@ -6,7 +6,6 @@ import re
 
 import numpy as np
 import pytest
-import torch
 from conftest import REPO_ROOT, run_cli
 
 from anytalker.faces import FaceBox
@@ -23,12 +22,7 @@ from anytalker.pipeline.settings import (
 SRC = REPO_ROOT / "src" / "anytalker"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("settings, field, message", [

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from anytalker.acceleration import caches
 from anytalker.acceleration.calibration import calibrate, write_calibration
@@ -17,12 +16,7 @@ from anytalker.pipeline.settings import ModelSettings, SamplingSettings, SpeedSe
 STEPS = 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _inputs(frames=9):

@@ -14,12 +14,7 @@ from anytalker.pipeline.settings import ModelSettings, SamplingSettings, SpeedSe
 from anytalker.pipeline.tiny import random_tiny_components
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(autouse=True)

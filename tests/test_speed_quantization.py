@@ -22,12 +22,7 @@ from anytalker.pipeline.settings import ModelSettings, SamplingSettings, Setting
 needs_torchao = pytest.mark.skipif(q.torchao_problem() is not None, reason="torchao is not installed")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
