@@ -33,7 +33,13 @@ import torch
 from accelerate import init_empty_weights
 from diffusers import AutoencoderKLWan
 
-from anytalker.utils.checkpoints import CheckpointError, load_state_dict_into_meta_model, open_state_dict
+from anytalker.utils.checkpoints import (
+    CheckpointError,
+    fit_problems,
+    load_state_dict_into_meta_model,
+    open_state_dict,
+    preview_keys,
+)
 
 __all__ = [
     "WAN21_VAE_CONFIG",
@@ -331,16 +337,11 @@ def diffusers_to_official_state_dict(
     if missing or unexpected:
         problems = []
         if missing:
-            problems.append(f"missing parameters ({len(missing)}): {_preview(missing)}")
+            problems.append(f"missing parameters ({len(missing)}): {preview_keys(missing)}")
         if unexpected:
-            problems.append(f"parameters without a release key ({len(unexpected)}): {_preview(unexpected)}")
+            problems.append(f"parameters without a release key ({len(unexpected)}): {preview_keys(unexpected)}")
         raise ValueError(f"state dict does not fit WanVAE_ {_describe(config)}: " + "; ".join(problems))
     return {old: state[new] for old, new in key_map.items()}
-
-
-def _preview(keys: list[str], limit: int = 12) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
 def _describe(config: Mapping | None) -> str:
@@ -388,13 +389,7 @@ def _check_keys(vae: AutoencoderKLWan, state: Mapping, key_map: dict[str, str], 
     shapes = {name: tuple(t.shape) for name, t in vae.state_dict().items()}
     mismatched = [f"{key}: file {tuple(state[key].shape)} vs model {shapes[key_map[key]]}"
                   for key in key_map if key in state and tuple(state[key].shape) != shapes[key_map[key]]]
-    problems = []
-    if missing:
-        problems.append(f"missing keys ({len(missing)}): {_preview([f'{key} ({key_map[key]})' for key in missing])}")
-    if unexpected:
-        problems.append(f"unexpected keys ({len(unexpected)}): {_preview(unexpected)}")
-    if mismatched:
-        problems.append(f"shape mismatches ({len(mismatched)}): {_preview(mismatched)}")
+    problems = fit_problems([f"{key} ({key_map[key]})" for key in missing], unexpected, mismatched)
     raise CheckpointError(f"{what}: " + "; ".join(problems))
 
 

@@ -111,9 +111,22 @@ def source_key(state_dict: Mapping, key: str) -> str:
     return state_dict.source_key(key) if hasattr(state_dict, "source_key") else key
 
 
-def _preview(keys: list[str], limit: int = 12) -> str:
+def preview_keys(keys: list[str], limit: int = 12) -> str:
+    """The first `limit` keys, and how many more, for an error message."""
     shown = ", ".join(keys[:limit])
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def fit_problems(missing: list[str], unexpected: list[str], mismatched: list[str]) -> list[str]:
+    """The ways a state dict does not fit a model, one phrase each (empty when it fits)."""
+    problems = []
+    if missing:
+        problems.append(f"missing keys ({len(missing)}): {preview_keys(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys ({len(unexpected)}): {preview_keys(unexpected)}")
+    if mismatched:
+        problems.append(f"shape mismatches ({len(mismatched)}): {preview_keys(mismatched)}")
+    return problems
 
 
 def load_state_dict_into_meta_model(
@@ -150,13 +163,7 @@ def load_state_dict_into_meta_model(
             tensor = tensor.to(target)
         converted[name] = tensor
     missing = [name for name in shapes if name not in converted]
-    problems = []
-    if missing:
-        problems.append(f"missing keys ({len(missing)}): {_preview(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys ({len(unexpected)}): {_preview(unexpected)}")
-    if mismatched:
-        problems.append(f"shape mismatches ({len(mismatched)}): {_preview(mismatched)}")
+    problems = fit_problems(missing, unexpected, mismatched)
     if problems:
         raise CheckpointError(f"{source} does not fit {type(model).__name__}: " + "; ".join(problems))
     model.load_state_dict(converted, strict=True, assign=True)
