@@ -23,10 +23,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ...acceleration.parallel import ParallelContext, ParallelSettings, collect, launch_env, start_parallel
 from ...pipeline import runner
-from ...pipeline.batch import share_of
 from ...pipeline.settings import InputSettings, Label, ModelSettings, SamplingSettings, SettingsError
 from ...utils.records import jsonable, read_record, write_record
 from ..landmarks import LANDMARK_BACKENDS
@@ -36,6 +35,9 @@ from .evaluate import METRICS, MetricContext, evaluate_case, failure_record, met
 from .plots import write_plots
 from .report import columns_for, result_lines, summarize_records, write_tables
 from .resume import file_signature, kept_record_matches, kept_video_mismatch
+
+if TYPE_CHECKING:
+    from ...acceleration.parallel import ParallelContext
 
 __all__ = ["EMBEDDERS", "BenchSettings", "metrics_for", "run_bench"]
 
@@ -133,7 +135,11 @@ def run_bench(bench: BenchSettings, model: ModelSettings, sampling: SamplingSett
     """
     from tqdm import tqdm
 
+    # Imported here (as the others below): parallel imports torch, which `anytalker --help` and the
+    # bench's flag parsing should not pay for.
+    from ...acceleration.parallel import ParallelContext, ParallelSettings, collect, launch_env, start_parallel
     from ...faces.detection import DetectorUnavailable
+    from ...pipeline.batch import share_of
     from ...utils.checkpoints import CheckpointError
     from ..speakers import SpeakerLabelError
     from ..weights import MissingWeightsError
