@@ -112,4 +112,24 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+def random_transformer_inputs(transformer, frames: int = 2, latent_hw: tuple[int, int] = (4, 6), identities: int = 2,
+                              dtype=None) -> dict:
+    """Seeded random keyword inputs for one forward of `transformer` (any config): latent frames
+    `frames`, latent size `latent_hw`, `identities` people; cast to `dtype` except the timestep."""
+    import torch
+
+    cfg = transformer.config
+    height, width = latent_hw
+    g = torch.Generator().manual_seed(0)
+    x = dict(
+        hidden_states=torch.randn(1, cfg.in_channels, frames, height, width, generator=g), timestep=torch.tensor([600.0]),
+        encoder_hidden_states=torch.randn(1, 7, cfg.text_dim, generator=g),
+        encoder_hidden_states_image=torch.randn(1, 257, cfg.image_dim, generator=g),
+        face_embeds=torch.randn(1, identities, 257, cfg.face_dim, generator=g),
+        audio_embeds=torch.randn(1, identities, 4 * (frames - 1) + 1, cfg.audio_window, cfg.audio_layers,
+                                 cfg.audio_channels, generator=g),
+        face_token_masks=torch.rand(1, identities, frames, height // 2, width // 2, generator=g))
+    return x if dtype is None else {k: v if k == "timestep" else v.to(dtype) for k, v in x.items()}
+
+
 from anytalker.parity import load_case  # noqa: E402,F401  (re-exported for the tests)

@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from conftest import random_transformer_inputs
 from safetensors.torch import save_file
 
 from anytalker.acceleration import lora
@@ -27,16 +28,7 @@ def base():
 
 
 def _inputs(transformer, frames=2, identities=2):
-    cfg = transformer.config
-    g = torch.Generator().manual_seed(0)
-    return dict(
-        hidden_states=torch.randn(1, cfg.in_channels, frames, 4, 6, generator=g), timestep=torch.tensor([600.0]),
-        encoder_hidden_states=torch.randn(1, 7, cfg.text_dim, generator=g),
-        encoder_hidden_states_image=torch.randn(1, 257, cfg.image_dim, generator=g),
-        face_embeds=torch.randn(1, identities, 257, cfg.face_dim, generator=g),
-        audio_embeds=torch.randn(1, identities, 4 * (frames - 1) + 1, cfg.audio_window, cfg.audio_layers,
-                                 cfg.audio_channels, generator=g),
-        face_token_masks=torch.rand(1, identities, frames, 2, 3, generator=g))
+    return random_transformer_inputs(transformer, frames, (4, 6), identities)
 
 
 def make_lora(transformer, layout: str, seed: int = 1):

@@ -12,6 +12,7 @@ import copy
 
 import pytest
 import torch
+from conftest import random_transformer_inputs
 
 from anytalker.acceleration import quantization as q
 from anytalker.models import AnyTalkerTransformer
@@ -31,17 +32,7 @@ def puppets_transformer():
 
 
 def _inputs(transformer, frames=5, identities=2, dtype=torch.float32):
-    cfg = transformer.config
-    g = torch.Generator().manual_seed(0)
-    x = dict(
-        hidden_states=torch.randn(1, cfg.in_channels, frames, 8, 12, generator=g), timestep=torch.tensor([600.0]),
-        encoder_hidden_states=torch.randn(1, 7, cfg.text_dim, generator=g),
-        encoder_hidden_states_image=torch.randn(1, 257, cfg.image_dim, generator=g),
-        face_embeds=torch.randn(1, identities, 257, cfg.face_dim, generator=g),
-        audio_embeds=torch.randn(1, identities, 4 * (frames - 1) + 1, cfg.audio_window, cfg.audio_layers,
-                                 cfg.audio_channels, generator=g),
-        face_token_masks=torch.rand(1, identities, frames, 4, 6, generator=g))
-    return {k: v.to(dtype) if k != "timestep" else v for k, v in x.items()}
+    return random_transformer_inputs(transformer, frames, (8, 12), identities, dtype)
 
 
 def relative_error(a, b):

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import gradio as gr
 
+import anytalker.app.binding as binding  # the module itself: `from . import` names the package
+
 from ..faces.detection import ORDERS
 from ..pipeline import runner
 from ..pipeline.settings import InputSettings, SamplingSettings, SettingsError, parse_size
-from . import binding
 from .binding import BindingError
 
 EXAMPLE_PERSONS, EXAMPLE_FRAMES = 2, 49  # a ~2 s two-puppet scene: what puppets-tiny was trained on

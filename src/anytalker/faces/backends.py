@@ -10,15 +10,19 @@ import importlib
 import importlib.util
 import os
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from typing import TYPE_CHECKING
-
 from .boxes import DetectorUnavailable, FaceBox
 
-if TYPE_CHECKING:
-    from .detection import FaceDetector
+
+@runtime_checkable
+class FaceDetector(Protocol):
+    name: str
+
+    def detect(self, image: np.ndarray) -> list[FaceBox]:
+        """Faces in an RGB uint8 [H, W, 3] image."""
 
 
 @functools.cache

@@ -29,7 +29,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -37,6 +36,7 @@ import numpy as np
 from .backends import (  # noqa: F401
     DlibCnnDetector,
     DlibHogDetector,
+    FaceDetector,
     InsightFaceDetector,
     MediaPipeDetector,
     OpenCVHaarDetector,
@@ -77,12 +77,6 @@ def select_faces(faces: Sequence[FaceBox] | Detection, n: int, order: str = "lef
 # Detection
 # ----------------------------------------------------------------------------------------------
 
-@runtime_checkable
-class FaceDetector(Protocol):
-    name: str
-
-    def detect(self, image: np.ndarray) -> list[FaceBox]:
-        """Faces in an RGB uint8 [H, W, 3] image."""
 
 
 @dataclass(frozen=True)

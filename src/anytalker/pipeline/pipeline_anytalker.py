@@ -23,13 +23,14 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPVisionModel, UMT5EncoderModel, Wav2Vec2Model
 
+import anytalker.pipeline.conditioning as conditioning  # the module itself: `from . import` names the package
+
 from ..audio.io import SAMPLE_RATE
 from ..encoders.vae import decode_latents
 from ..encoders.wav2vec import AudioFeatureEncoder
 from ..faces.detection import FaceBox
 from ..models import AnyTalkerTransformer
 from ..utils.atomic import atomic_directory
-from . import conditioning
 from .conditioning import reference_latents
 from .release import load_release_components, release_folder
 from .schedule import choose_resolution, frames_for_duration, latent_aligned, plan_windows

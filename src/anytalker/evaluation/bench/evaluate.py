@@ -5,17 +5,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .cases import Case
 from .resume import file_signature
 
-if TYPE_CHECKING:
-    from .run import BenchSettings
+from .settings import METRICS, BenchSettings
 
 __all__ = ["METRICS", "MetricContext", "evaluate_case", "failure_record", "metric_context", "reference_faces"]
 
-METRICS = ("interactivity", "sync", "identity")
 
 
 def failure_record(case: Case, stage: str, reason: str, message: str) -> dict:

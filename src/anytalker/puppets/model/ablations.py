@@ -11,8 +11,7 @@ from pathlib import Path
 from ...utils.atomic import atomic_directory, write_json_atomic
 from .bundled import pipeline_with
 from .evaluation import evaluate_puppets_model, evaluation_settings, held_out_scenes
-from .recipe import merge_overrides
-from .stages import stage_transformer, step_train
+from .stages import merge_overrides, stage_transformer, step_train
 
 
 def json_once(path: Path, make: Callable[[], dict]) -> dict:

@@ -41,6 +41,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ...utils.atomic import write_json_atomic
+from .stages import merge_overrides
 
 STEPS = ("data", "vae", "base", "prepare", "stage1", "stage2", "export", "evaluate", "generalise", "ablations",
          "report")
@@ -70,15 +71,6 @@ def load_recipe(config_dir: str | os.PathLike | None = None, quick: bool = False
     else:
         loaded["recipe"].pop("quick", None)
     return loaded
-
-
-def merge_overrides(target: dict, overrides: dict) -> None:
-    """`overrides` written into `target` in place, nested dicts merged key by key."""
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(target.get(key), dict):
-            merge_overrides(target[key], value)
-        else:
-            target[key] = value
 
 
 class _State:

@@ -15,6 +15,16 @@ from .cache import PuppetCache
 from .evaluation import generation_defaults, vae_fidelity
 
 
+def merge_overrides(target: dict, overrides: dict) -> None:
+    """`overrides` written into `target` in place, nested dicts merged key by key."""
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            merge_overrides(target[key], value)
+        else:
+            target[key] = value
+
+
+
 def make_clips(folder: Path, persons: int, count: int, seed: int, data: dict, progress: bool) -> None:
     """`count` clips of `persons` puppets into `folder`, `puppets make` style; finished ones kept."""
     from tqdm import tqdm
