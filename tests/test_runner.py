@@ -162,3 +162,11 @@ def test_too_many_unipc_steps_is_a_settings_error():
     assert runner.resolved_sampling(ModelSettings("random-tiny"), SamplingSettings(steps=300)).steps == 300
     euler = ModelSettings("random-tiny", scheduler="euler")
     assert runner.resolved_sampling(euler, SamplingSettings(steps=400)).steps == 400
+
+
+def test_step_limit_follows_the_preset_scheduler():
+    """--preset few-step samples with euler: its step count is not UniPC's to limit."""
+    from anytalker.pipeline.settings import SpeedSettings
+
+    few_step = ModelSettings("random-tiny", speed=SpeedSettings(preset="few-step"))
+    assert runner.resolved_sampling(few_step, SamplingSettings(steps=400)).steps == 400

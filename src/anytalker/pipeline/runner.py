@@ -163,14 +163,15 @@ def load_pipeline(settings: ModelSettings, progress: bool = True) -> LoadedPipel
     from ..acceleration.stack import apply_speed
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    cache_setup(settings.speed, model_folder(settings))  # a missing cache calibration: before weights load
+    folder = model_folder(settings)
+    cache_setup(settings.speed, folder)  # a missing cache calibration: before weights load
     pipe = build_pipeline(settings, device)
     scheduler, flow_shift = settings.resolved_scheduler()
     if scheduler != "unipc" or flow_shift is not None:
         from .scheduling import RELEASE_FLOW_SHIFT, make_scheduler
 
         pipe.scheduler = make_scheduler(scheduler, flow_shift or RELEASE_FLOW_SHIFT)
-    applied, cache = apply_speed(pipe, settings, device, model_folder(settings),
+    applied, cache = apply_speed(pipe, settings, device, folder,
                                  log=(lambda line: print(line, file=sys.stderr)) if progress else None)
     pipe.set_progress_bar_config(disable=not progress)
     return LoadedPipeline(pipe, device, settings, model_defaults(settings), applied, cache)
@@ -210,8 +211,9 @@ def resolved_sampling(model: LoadedPipeline | ModelSettings, sampling: SamplingS
     settings = model.settings if isinstance(model, LoadedPipeline) else model
     defaults = model.defaults if isinstance(model, LoadedPipeline) else model_defaults(model)
     sampling = sampling.with_defaults(**defaults).validate(label)
-    if repeated_timesteps(settings.scheduler, settings.flow_shift or RELEASE_FLOW_SHIFT, sampling.steps):
-        raise SettingsError("steps", f"{label('steps')} {sampling.steps} is too many for the {settings.scheduler} "
+    scheduler, flow_shift = settings.resolved_scheduler()  # the scheduler load_pipeline sets up
+    if repeated_timesteps(scheduler, flow_shift or RELEASE_FLOW_SHIFT, sampling.steps):
+        raise SettingsError("steps", f"{label('steps')} {sampling.steps} is too many for the {scheduler} "
                                      "scheduler (its timesteps would repeat): use fewer or --scheduler euler")
     return sampling
 
