@@ -1,4 +1,10 @@
-"""Context parallelism of AnyTalkerTransformer on 2 CPU processes (gloo), against one process.
+"""Context parallelism of AnyTalkerTransformer on 2 CPU processes (gloo), against one process:
+Ulysses on diffusers' default backend, and ring attention.
+
+Ring attention needs a kernel that returns the log-sum-exp; diffusers' ones that do
+(`RING_BACKENDS`) are CUDA kernels. On the CPU the `_native_flash` backend's kernel is stood in
+for by PyTorch's CPU flash kernel (same outputs, same LSE layout), so diffusers' ring algorithm,
+our mesh, config and `_cp_plan` run exactly as they would on GPUs.
 
 The token grid (8x12 latent -> 24 tokens per latent frame, 3 frames, 72 tokens) puts the 2-way
 shard boundary (token 36) inside latent frame 1: the audio-face attention must group a shard's
@@ -65,6 +71,8 @@ def worker(rank, world, out_dir):
     context = start_parallel(ParallelSettings(context_parallel=world), device="cpu")
     transformer_worker(rank, context, out_dir)
     pipeline_worker(rank, context, out_dir)
+    ring = start_parallel(ParallelSettings(context_parallel=world, ring_degree=world), device="cpu")
+    ring_worker(rank, ring, out_dir)
     torch.distributed.destroy_process_group()
 
 
@@ -93,6 +101,41 @@ def transformer_worker(rank, context, out_dir):
         enable_context_parallel(broken, context, plan={k: v for k, v in broken._cp_plan.items() if k != "token_frames"})
         results[f"{variant}/unsplit"] = run(broken, **tiny_inputs(**INPUTS))
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+
+
+LSE_CALLS = []
+
+
+def cpu_flash_forward_op(ctx, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                         enable_gqa=False, return_lse=False, _save_ctx=True, _parallel_config=None):
+    """diffusers' `_native_flash_attention_forward_op` on PyTorch's CPU flash kernel: model layout
+    (B, S, H, D) in, (out (B, S, H, D), lse (B, S, H)) out. Forward only; calls are counted."""
+    LSE_CALLS.append(return_lse)
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), dropout_p, is_causal, scale=scale)
+    out, lse = out.transpose(1, 2).contiguous(), lse.transpose(1, 2).contiguous()
+    return (out, lse) if return_lse else out
+
+
+def ring_worker(rank, context, out_dir):
+    from diffusers.models import attention_dispatch
+
+    from anytalker.acceleration.backends import apply_attention_backend
+    from anytalker.acceleration.parallel import enable_context_parallel
+
+    attention_dispatch._native_flash_attention_forward_op = cpu_flash_forward_op
+    results = {"mesh": dict(zip(context.mesh.mesh_dim_names, context.mesh.shape))}
+    for variant in VARIANTS:
+        for name, plan in (("ring", None), ("ring/unsplit", "broken")):
+            model = tiny_transformer(variant)
+            apply_attention_backend(model, "_native_flash")
+            if plan:
+                model.token_frames.forward = positional_frames(context.world_size)
+                plan = {k: v for k, v in model._cp_plan.items() if k != "token_frames"}
+            enable_context_parallel(model, context, plan=plan)
+            results[f"{variant}/{name}"] = run(model, **tiny_inputs(**INPUTS))
+    results["lse_calls"] = LSE_CALLS
+    torch.save(results, os.path.join(out_dir, f"ring{rank}.pt"))
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +172,36 @@ def test_unsplit_frame_index_breaks_it(cp_results, variant):
     """The check above has teeth: grouping a shard's queries by position moves the output a lot."""
     single, ranks = cp_results
     assert (ranks[0][f"{variant}/unsplit"] - single[variant]).abs().max().item() > 1e-2
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_ring_attention_equals_one_process(cp_results, spawned, variant):
+    """2-way ring (keys / values passed around, partial results merged by their log-sum-exp),
+    the same shard boundary inside a latent frame; and broken without the split frame index."""
+    single, _ = cp_results
+    ranks = [torch.load(spawned / f"ring{r}.pt") for r in range(WORLD)]
+    assert ranks[0]["mesh"] == {"batch": 1, "ring": 2, "ulysses": 1}
+    # 2 variants x 2 models x 2 blocks' self-attention x 2 ring steps, each asking for the LSE
+    assert ranks[0]["lse_calls"] == [True] * 16
+    for result in ranks:
+        assert (result[f"{variant}/ring"] - single[variant]).abs().max().item() < 1e-5
+        assert (result[f"{variant}/ring/unsplit"] - single[variant]).abs().max().item() > 1e-2
+    assert torch.equal(ranks[0][f"{variant}/ring"], ranks[1][f"{variant}/ring"])
+
+
+def test_ring_needs_a_backend_that_returns_lse():
+    from anytalker.acceleration.parallel import RING_BACKENDS, ParallelSettings
+    from anytalker.pipeline.settings import ModelSettings, SettingsError, SpeedSettings, flag_label
+
+    ring = ParallelSettings(context_parallel=4, ring_degree=2)
+    with pytest.raises(SettingsError, match="--ring-degree 2 needs an attention backend.*native"):
+        ring.validate(flag_label, world_size=4, model=ModelSettings("random-tiny"))
+    for backend in RING_BACKENDS:
+        assert ring.validate(world_size=4, model=ModelSettings("random-tiny", speed=SpeedSettings(
+            attention_backend=backend))).ulysses_degree == 2
+    with pytest.raises(SettingsError, match="--ring-degree must be a positive integer that divides "
+                                            "--context-parallel 4, got 3"):
+        ParallelSettings(context_parallel=4, ring_degree=3).validate(flag_label, world_size=4)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -2,13 +2,15 @@
 
 A launch (`torchrun --nproc_per_node P`, `accelerate launch`, several nodes) has `world_size`
 processes. They form `world_size / K` groups of K consecutive ranks; each group makes one video
-at a time with K-way Ulysses context parallelism, and the groups share a batch's videos
+at a time with K-way context parallelism, and the groups share a batch's videos
 (`anytalker.pipeline.batch`). K = 1 is plain data parallelism, with no communication at all.
 
 Inside a group (K > 1):
 - the transformer is split on the sequence axis by its `_cp_plan`; only self-attention
-  communicates (Ulysses all-to-all over heads), and every rank ends each step with the full
-  prediction, so every rank runs the same scheduler step on the same latents;
+  communicates, and every rank ends each step with the full prediction, so every rank runs the
+  same scheduler step on the same latents. The group's K = R x U ranks pass keys / values around
+  rings of R (ring attention: needs a backend that returns the log-sum-exp, `RING_BACKENDS`) and
+  exchange heads among U (Ulysses all-to-all, on any context-parallel backend); R = 1 by default;
 - the encoders (umT5, CLIP, wav2vec2) and the VAE run once, on the group's first rank (the
   writer), and their outputs are broadcast to the group (`share_pipeline_work`);
 - only the writer writes files.
@@ -31,6 +33,9 @@ from ..pipeline.settings import SettingsError, plain_label
 
 # Pipeline steps that run on the writer only (their outputs are broadcast to the group).
 SHARED_PIPELINE_STEPS = ("encode_prompt", "encode_image", "encode_audio", "prepare_latents", "decode")
+# Attention backends whose kernels return the log-sum-exp that ring attention merges partial
+# results with (diffusers' `native` SDPA does not; the *_hub ones download kernels at run time).
+RING_BACKENDS = ("_native_cudnn", "_native_flash", "flash", "sage")
 
 
 def launch_env() -> tuple[int, int, int]:
@@ -47,14 +52,22 @@ def launch_env() -> tuple[int, int, int]:
 class ParallelSettings:
     """How the processes of a launch share the work.
 
-    context_parallel: K processes make each video together (Ulysses degree); the launch's
-    process count must be a multiple of K. ulysses_anything: diffusers' Ulysses for head counts
-    and token counts K does not divide (uneven all-to-all, slower); switched on by itself when
-    the heads do not divide.
+    context_parallel: K processes make each video together; the launch's process count must be a
+    multiple of K. ring_degree: R of them (R divides K) form a ring that passes keys / values
+    around, the other factor K / R splits heads (Ulysses); R = 1 is pure Ulysses. Ring needs an
+    attention backend of `RING_BACKENDS` (checked against the ModelSettings' backend); it
+    suits head counts K does not divide. ulysses_anything: diffusers' Ulysses for head counts
+    and token counts K / R does not divide (uneven all-to-all, slower); switched on by itself
+    when the heads do not divide.
     """
 
     context_parallel: int = 1
     ulysses_anything: bool = False
+    ring_degree: int = 1
+
+    @property
+    def ulysses_degree(self) -> int:
+        return self.context_parallel // self.ring_degree
 
     def validate(self, label: Callable[[str], str] = plain_label, world_size: int | None = None,
                  model=None) -> "ParallelSettings":
@@ -64,6 +77,10 @@ class ParallelSettings:
         if isinstance(degree, bool) or not isinstance(degree, int) or degree < 1:
             raise SettingsError("context_parallel", f"{label('context_parallel')} must be a positive integer, "
                                                     f"got {degree!r}")
+        ring = self.ring_degree
+        if isinstance(ring, bool) or not isinstance(ring, int) or ring < 1 or degree % ring:
+            raise SettingsError("ring_degree", f"{label('ring_degree')} must be a positive integer that divides "
+                                               f"{label('context_parallel')} {degree}, got {ring!r}")
         world = launch_env()[1] if world_size is None else world_size
         if world % degree:
             raise SettingsError("context_parallel", f"{label('context_parallel')} {degree} does not divide the "
@@ -71,6 +88,11 @@ class ParallelSettings:
                                                     f"one video (launch a multiple of {degree} processes, e.g. "
                                                     f"torchrun --nproc_per_node {degree})")
         speed = getattr(model, "speed", None)
+        backend = getattr(speed, "attention_backend", None)
+        if model is not None and ring > 1 and backend not in RING_BACKENDS:
+            raise SettingsError("ring_degree", f"{label('ring_degree')} {ring} needs an attention backend that "
+                                               f"returns the log-sum-exp: set {label('attention_backend')} to one of "
+                                               f"{', '.join(RING_BACKENDS)} (got {backend or 'the default, native'})")
         clashes = [name for name, used in (("cpu_offload", getattr(model, "cpu_offload", False)),
                                            ("offload", getattr(speed, "offload", None)),
                                            ("cache", getattr(speed, "cache", None))) if used]
@@ -93,6 +115,8 @@ class ParallelContext:
     ulysses_anything: bool = False
     mesh: object = None  # DeviceMesh ("batch", "ring", "ulysses") when context_parallel > 1
     device: str = "cpu"  # "cuda": this process's GPU (torch.cuda.current_device())
+    ring_degree: int = 1
+    group_handle: object = None  # the group's K ranks as one torch.distributed group (K > 1)
 
     @property
     def num_groups(self) -> int:
@@ -118,7 +142,7 @@ class ParallelContext:
     @property
     def process_group(self):
         """The group's torch.distributed process group (None without context parallelism)."""
-        return None if self.mesh is None else self.mesh["ulysses"].get_group()
+        return self.group_handle
 
 
 def start_parallel(settings: ParallelSettings, device: str | None = None) -> ParallelContext:
@@ -130,19 +154,25 @@ def start_parallel(settings: ParallelSettings, device: str | None = None) -> Par
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda":
         torch.cuda.set_device(local % torch.cuda.device_count())
-    degree, mesh = settings.context_parallel, None
+    degree, ring, mesh, handle = settings.context_parallel, settings.ring_degree, None, None
     if degree > 1:
         dist = torch.distributed
         if not dist.is_initialized():
             dist.init_process_group("cpu:gloo,cuda:nccl" if device == "cuda" else "gloo", rank=rank, world_size=world)
-        mesh = dist.device_mesh.init_device_mesh(device, (world // degree, 1, degree),
+        # Rank b*K + r*U + u: batch group b, ring position r, Ulysses position u (consecutive ranks
+        # share a node, so the all-to-all, the chattiest exchange, stays inside it).
+        mesh = dist.device_mesh.init_device_mesh(device, (world // degree, ring, degree // ring),
                                                  mesh_dim_names=("batch", "ring", "ulysses"))
-    return ParallelContext(rank, world, local, degree, settings.ulysses_anything, mesh, device)
+        for first in range(0, world, degree):  # every rank creates every group, in the same order
+            created = dist.new_group(list(range(first, first + degree)))
+            handle = created if first <= rank < first + degree else handle
+    return ParallelContext(rank, world, local, degree, settings.ulysses_anything, mesh, device, ring, handle)
 
 
 def enable_context_parallel(transformer, context: ParallelContext, plan: dict | None = None) -> None:
-    """K-way Ulysses on `transformer` over `context`'s group, on any context-parallel-capable
-    attention backend. `plan`: the model's `_cp_plan` unless given (tests pass a broken one)."""
+    """K-way context parallelism on `transformer` over `context`'s group: Ulysses on any
+    context-parallel-capable attention backend, ring (R > 1) on the `RING_BACKENDS`.
+    `plan`: the model's `_cp_plan` unless given (tests pass a broken one)."""
     from diffusers import ContextParallelConfig, ParallelConfig
     from diffusers.hooks.context_parallel import apply_context_parallel
     from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
@@ -150,15 +180,12 @@ def enable_context_parallel(transformer, context: ParallelContext, plan: dict | 
     degree = context.context_parallel
     if degree < 2:
         return
-    heads = transformer.config.num_attention_heads
-    config = ContextParallelConfig(ulysses_degree=degree, mesh=context.mesh,
-                                   ulysses_anything=context.ulysses_anything or heads % degree != 0)
+    heads, ring = transformer.config.num_attention_heads, context.ring_degree
+    ulysses = degree // ring
+    config = ContextParallelConfig(ring_degree=ring, ulysses_degree=ulysses, mesh=context.mesh,
+                                   ulysses_anything=ulysses > 1 and (context.ulysses_anything or heads % ulysses != 0))
     plan = transformer._cp_plan if plan is None else plan
     device = next(transformer.parameters()).device
-    if device.type == "cuda":
-        transformer.enable_parallelism(config=config, cp_plan=plan)
-        return
-    # CPU: enable_parallelism's steps without its accelerator lookup.
     processors = [module.processor for module in transformer.modules() if hasattr(module, "processor")]
     for processor in processors:
         backend = getattr(processor, "_attention_backend", None)
@@ -167,6 +194,13 @@ def enable_context_parallel(transformer, context: ParallelContext, plan: dict | 
                 backend):
             raise ValueError(f"attention backend {backend.value!r} does not support context parallelism; choose "
                              f"one of {sorted(_AttentionBackendRegistry._supports_context_parallel)}")
+        if hasattr(processor, "_parallel_config") and ring > 1 and backend.value not in RING_BACKENDS:
+            raise ValueError(f"ring attention needs a backend that returns the log-sum-exp ({', '.join(RING_BACKENDS)}), "
+                             f"not {backend.value!r}")
+    if device.type == "cuda":
+        transformer.enable_parallelism(config=config, cp_plan=plan)
+        return
+    # CPU: enable_parallelism's steps without its accelerator lookup.
     parallel = ParallelConfig(context_parallel_config=config)
     parallel.setup(context.rank, context.world_size, device, mesh=context.mesh)
     transformer._parallel_config = parallel

@@ -138,8 +138,13 @@ def add_parallel_arguments(parser: argparse.ArgumentParser) -> None:
     """How the processes of a torchrun / accelerate launch share the work (anytalker.acceleration.parallel)."""
     group = parser.add_argument_group("several processes (torchrun / accelerate launch)")
     group.add_argument("--context-parallel", type=int, default=1, metavar="K",
-                       help="K processes make each video together (Ulysses context parallelism); the launch's "
-                            "processes form groups of K that share a batch's videos (default 1)")
+                       help="K processes make each video together (context parallelism: Ulysses, or ring "
+                            "with --ring-degree); the launch's processes form groups of K that share a batch's "
+                            "videos (default 1)")
+    group.add_argument("--ring-degree", type=int, default=1, metavar="R",
+                       help="of each group's K processes, rings of R pass keys / values around (ring attention), "
+                            "the rest split heads (Ulysses); R divides K. Needs --attention-backend "
+                            "_native_cudnn, _native_flash, flash or sage (default 1: Ulysses only)")
     group.add_argument("--ulysses-anything", action="store_true",
                        help="Ulysses for head / token counts K does not divide (uneven, slower all-to-all)")
 
@@ -149,5 +154,5 @@ def parallel_settings(args: argparse.Namespace, model: ModelSettings):
     from ..acceleration.parallel import ParallelSettings
 
     return ParallelSettings(context_parallel=getattr(args, "context_parallel", 1),
-                            ulysses_anything=getattr(args, "ulysses_anything", False)).validate(flag_label,
-                                                                                                  model=model)
+                            ulysses_anything=getattr(args, "ulysses_anything", False),
+                            ring_degree=getattr(args, "ring_degree", 1)).validate(flag_label, model=model)

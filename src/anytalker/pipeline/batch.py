@@ -123,7 +123,8 @@ def run_batch(tasks: Sequence[tuple[GenerationTask, Path]], model: ModelSettings
         try:
             result = runner.generate(loaded, item, sampling)
             if context.is_writer:
-                extra = {"context_parallel": context.context_parallel} if context.context_parallel > 1 else {}
+                extra = {"context_parallel": context.context_parallel, "ring_degree": context.ring_degree} \
+                    if context.context_parallel > 1 else {}
                 runner.write_output(out, result, item, **extra)
                 failure_record(out).unlink(missing_ok=True)
         except Exception as problem:  # noqa: BLE001 - recorded, the batch goes on
