@@ -1,4 +1,5 @@
-"""Seconds per denoising step vs GPU count: the 14B transformer under K-way Ulysses context parallelism.
+"""Seconds per denoising step vs GPU count: the 14B transformer under K-way context parallelism
+(Ulysses; with --ring-degree R, rings of R times K/R-way Ulysses).
 
 One step is one transformer forward over the batched guidance passes ([cond, uncond], as the
 pipeline runs it) of one 81-frame window (21 latent frames) with 2 identities, at 480p (480x832:
@@ -13,6 +14,7 @@ reports. Prints a table (seconds per step, speed-up, parallel efficiency, peak m
     python benchmarks/gpu_parallel.py                       # 1, 2, 4, 8 GPUs (those present), 480p and 720p
     python benchmarks/gpu_parallel.py --gpus 1 2 --sizes 480p --steps 3 --json runs/gpu_parallel.json
     python benchmarks/gpu_parallel.py --attention-backend _flash_3
+    python benchmarks/gpu_parallel.py --gpus 2 4 8 --ring-degree 2 --attention-backend flash   # ring needs LSE
     python benchmarks/gpu_parallel.py --smoke               # tiny model on 2 CPU processes: checks the script
 
 Without a CUDA GPU (and without --smoke) it exits with status 2 and says so.
@@ -101,7 +103,8 @@ def worker(args) -> None:
     if args.smoke:
         torch.set_num_threads(1)
     world = int(os.environ.get("WORLD_SIZE", 1))
-    context = start_parallel(ParallelSettings(context_parallel=world), device=device_kind)
+    ring = args.ring_degree if world % args.ring_degree == 0 else 1
+    context = start_parallel(ParallelSettings(context_parallel=world, ring_degree=ring), device=device_kind)
     device = torch.device("cpu") if args.smoke else torch.device("cuda", torch.cuda.current_device())
     dtype = torch.float32 if args.smoke else torch.bfloat16
     config = model_config(args.smoke)
@@ -114,7 +117,7 @@ def worker(args) -> None:
         height, width = (SMOKE_SIZES if args.smoke else SIZES)[size]
         inputs = step_inputs(config, height, width, device, dtype)
         tokens = inputs["hidden_states"].shape[2] * (height // 16) * (width // 16)
-        row = {"size": size, "height": height, "width": width, "gpus": world, "tokens": tokens,
+        row = {"size": size, "height": height, "width": width, "gpus": world, "ring": ring, "tokens": tokens,
                "tokens_per_gpu": tokens // world}
         try:
             times = []
@@ -152,7 +155,7 @@ def launch(count: int, args, result: str) -> list[dict]:
     """This script as a torchrun launch of `count` processes; rank 0's rows."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(count),
                os.path.abspath(__file__), "--worker", "--result", result, "--steps", str(args.steps),
-               "--warmup", str(args.warmup), "--sizes", *args.sizes]
+               "--warmup", str(args.warmup), "--ring-degree", str(args.ring_degree), "--sizes", *args.sizes]
     if args.smoke:
         command.append("--smoke")
     if args.attention_backend:
@@ -166,7 +169,7 @@ def launch(count: int, args, result: str) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    header = f"{'size':<6} {'GPUs':>4} {'tokens/GPU':>10} {'s/step':>8} {'speed-up':>9} {'efficiency':>10} {'peak GiB':>9}"
+    header = f"{'size':<6} {'GPUs':>4} {'ring':>4} {'tokens/GPU':>10} {'s/step':>8} {'speed-up':>9} {'efficiency':>10} {'peak GiB':>9}"
     lines = [header, "-" * len(header)]
     single = {row["size"]: row.get("seconds_per_step") for row in rows if row["gpus"] == 1}
     for row in sorted(rows, key=lambda r: (r["size"], r["gpus"])):
@@ -176,7 +179,7 @@ def table(rows: list[dict]) -> str:
         base = single.get(row["size"])
         speedup = base / row["seconds_per_step"] if base else float("nan")
         peak = f"{row['peak_gib']:>9.1f}" if "peak_gib" in row else f"{'-':>9}"
-        lines.append(f"{row['size']:<6} {row['gpus']:>4} {row['tokens_per_gpu']:>10} {row['seconds_per_step']:>8.3f} "
+        lines.append(f"{row['size']:<6} {row['gpus']:>4} {row.get('ring', 1):>4} {row['tokens_per_gpu']:>10} {row['seconds_per_step']:>8.3f} "
                      f"{speedup:>9.2f} {speedup / row['gpus']:>10.2f} {peak}")
     return "\n".join(lines)
 
@@ -189,6 +192,9 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=3, help="timed steps after the warm-up (mean reported)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--attention-backend", default=None, help="diffusers backend: native, flash, _flash_3, ...")
+    parser.add_argument("--ring-degree", type=int, default=1,
+                        help="ring attention over R of each count's GPUs (counts R does not divide run Ulysses "
+                             "alone); needs --attention-backend _native_cudnn, _native_flash, flash or sage")
     parser.add_argument("--json", default=None, help="also write the rows here")
     parser.add_argument("--smoke", action="store_true", help="tiny model on 2 CPU processes (no GPU needed)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -210,10 +216,16 @@ def main() -> int:
               "run it on a multi-GPU host (or --smoke to check the script on 2 CPU processes).", file=sys.stderr)
         return 2
     counts = args.gpus or [k for k in (1, 2, 4, 8) if k <= available]
-    bad = [k for k in counts if k < 1 or k > available or (not args.smoke and 40 % k)]
+    from anytalker.acceleration.parallel import RING_BACKENDS
+
+    if args.ring_degree < 1 or (args.ring_degree > 1 and args.attention_backend not in RING_BACKENDS):
+        parser.error(f"--ring-degree {args.ring_degree}: must be >= 1, and above 1 needs --attention-backend "
+                     f"{', '.join(RING_BACKENDS)}")
+    ulysses = {k: k // args.ring_degree if k % args.ring_degree == 0 else k for k in counts}
+    bad = [k for k in counts if k < 1 or k > available or (not args.smoke and 40 % ulysses[k])]
     if bad:
-        parser.error(f"--gpus {bad}: each count must be between 1 and the {available} GPUs present and divide "
-                     f"the 40 attention heads")
+        parser.error(f"--gpus {bad}: each count must be between 1 and the {available} GPUs present, and its "
+                     f"Ulysses degree (count / ring degree) divide the 40 attention heads")
     print(f"{'tiny smoke model' if args.smoke else '14B AnyTalker transformer'}, {FRAMES} frames, {IDENTITIES} "
           f"identities, {PASSES} guidance passes per step; GPU counts {counts}", flush=True)
     rows = []
