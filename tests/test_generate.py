@@ -527,14 +527,30 @@ def test_combine_guidance_numbers():
     # 3 passes [cond, text, uncond]: uncond + s_t (text - uncond) + s_a (cond - text) = 1 + 4.5 * 2 + 2 * 2
     three = combine_guidance(torch.cat([cond, text, uncond]), 4.5, 2.0)
     assert three.shape == shape and torch.all(three == 14.0)
-    # Equal scales collapse to the 2-pass formula; scale 1 returns the conditional prediction.
+    # Equal scales collapse to the 2-pass formula.
     torch.testing.assert_close(combine_guidance(torch.cat([cond, text, uncond]), 3.0, 3.0),
                                combine_guidance(torch.cat([cond, uncond]), 3.0, None))
-    assert torch.all(combine_guidance(torch.cat([cond, text, uncond]), 1.0, 1.0) == cond)
+    # Scale 1: no uncond pass. One pass is the conditional prediction itself; [cond, text] with an
+    # audio scale gives text + s_a (cond - text) = 3 + 2 * 2, the 3-pass formula's value at s = 1.
+    assert torch.equal(combine_guidance(cond, 1.0, None), cond)
+    audio_only = combine_guidance(torch.cat([cond, text]), 1.0, 2.0)
+    assert audio_only.shape == shape and torch.all(audio_only == 7.0)
+    assert torch.all(combine_guidance(torch.cat([cond, text, uncond]), 1.0 + 1e-9, 2.0) == 7.0)
 
 
-@pytest.mark.parametrize("audio_guidance_scale, passes", [(None, 2), (2.0, 3)])
-def test_guidance_passes_share_one_forward(tiny_pipe, monkeypatch, audio_guidance_scale, passes):
+def test_guidance_one_skips_the_uncond_pass_without_changing_the_video(tiny_pipe):
+    """Scale 1 in one pass gives the video of the 2-pass formula at a scale a hair above 1."""
+    image, audio, boxes = _inputs(0.5)
+    videos = [tiny_pipe(image, audio, boxes, prompt="a man talking", height=32, width=48, num_inference_steps=2,
+                        guidance_scale=scale, max_frames_per_window=17, generator=torch.Generator().manual_seed(0),
+                        output_type="pt").frames for scale in (1.0, 1.0 + 1e-6)]
+    assert videos[0].shape == videos[1].shape
+    assert (videos[0] - videos[1]).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("guidance_scale, audio_guidance_scale, passes",
+                         [(4.5, None, 2), (4.5, 2.0, 3), (1.0, None, 1), (1.0, 2.0, 2)])
+def test_guidance_passes_share_one_forward(tiny_pipe, monkeypatch, guidance_scale, audio_guidance_scale, passes):
     forwards, steps = [], []
     real_forward, real_step = tiny_pipe.transformer.forward, tiny_pipe.scheduler.step
 
@@ -551,7 +567,8 @@ def test_guidance_passes_share_one_forward(tiny_pipe, monkeypatch, audio_guidanc
     monkeypatch.setattr(tiny_pipe.scheduler, "step", spy_step)
     image, audio, boxes = _inputs(0.9)  # 22 frames -> 25 generated: windows of 17 and 13 frames
     result = tiny_pipe(image, audio, boxes, prompt="a man talking", negative_prompt="static", height=32, width=48,
-                       num_inference_steps=2, guidance_scale=4.5, audio_guidance_scale=audio_guidance_scale,
+                       num_inference_steps=2, guidance_scale=guidance_scale,
+                       audio_guidance_scale=audio_guidance_scale,
                        max_frames_per_window=17, motion_frames=5, generator=torch.Generator().manual_seed(0))
     assert len(result.info["windows"]) == 2
     assert len(forwards) == len(steps) == 2 * 2  # one forward per step per window, all passes inside it
@@ -562,11 +579,12 @@ def test_guidance_passes_share_one_forward(tiny_pipe, monkeypatch, audio_guidanc
                                                          "face_embeds", "encoder_hidden_states_image"))
         latents, text, audio_in = call["hidden_states"], call["encoder_hidden_states"], call["audio_embeds"]
         assert torch.equal(latents[0], latents[-1])  # every pass denoises the same latents
-        # Pass 0 is fully conditioned; the last pass has the negative prompt and no audio; the
-        # middle pass (3-pass only) keeps the prompt and drops the audio.
+        # Pass 0 is fully conditioned; the uncond pass (last, guidance_scale != 1) has the negative
+        # prompt and no audio; the text-only pass (with an audio scale) keeps the prompt, drops the audio.
         assert audio_in[0].abs().max() > 0 and torch.all(audio_in[1:] == 0)
-        assert not torch.equal(text[0], text[-1])
-        if passes == 3:
+        assert torch.equal(text[0], text[-1]) == (guidance_scale == 1)
+        if audio_guidance_scale is not None:
             assert torch.equal(text[0], text[1])
         # The scheduler gets the guided combination of exactly this forward's passes.
-        torch.testing.assert_close(noise_pred, combine_guidance(call["sample"].float(), 4.5, audio_guidance_scale))
+        torch.testing.assert_close(noise_pred, combine_guidance(call["sample"].float(), guidance_scale,
+                                                                audio_guidance_scale))

@@ -53,18 +53,28 @@ class AnyTalkerPipelineOutput(BaseOutput):
     info: dict = field(default_factory=dict)
 
 
-def guidance_passes(audio_guidance_scale: float | None) -> int:
-    """Passes of one batched forward: [cond, uncond], or [cond, text only, uncond] with an audio scale."""
-    return 2 if audio_guidance_scale is None else 3
+def guidance_passes(guidance_scale: float, audio_guidance_scale: float | None) -> int:
+    """Passes of one batched forward: [cond, uncond], or [cond, text only, uncond] with an audio
+    scale. At guidance_scale 1 the uncond term cancels, so its pass is not run (diffusers'
+    `do_classifier_free_guidance`): [cond] alone, or [cond, text only]. Half the work for
+    few-step LoRAs and puppets-tiny, which sample at guidance 1."""
+    passes = 2 if audio_guidance_scale is None else 3
+    return passes - 1 if guidance_scale == 1 else passes
 
 
 def combine_guidance(predictions: torch.Tensor, guidance_scale: float, audio_guidance_scale: float | None):
-    """Classifier-free guidance over the passes of one batched forward.
+    """Classifier-free guidance over the passes of one batched forward (`guidance_passes`).
 
-    One scale (the release): passes [cond, uncond]; uncond = negative prompt + zero audio.
-    Separate scales: passes [cond, text only (zero audio), uncond]:
-    uncond + s_text * (text - uncond) + s_audio * (cond - text).
+    One scale (the release): passes [cond, uncond]; uncond = negative prompt + zero audio:
+    uncond + s * (cond - uncond). Separate scales: passes [cond, text only (zero audio), uncond]:
+    uncond + s_text * (text - uncond) + s_audio * (cond - text). With s (s_text) = 1 there is no
+    uncond pass: cond, or text + s_audio * (cond - text).
     """
+    if guidance_scale == 1:
+        if audio_guidance_scale is None:
+            return predictions
+        cond, text = predictions.chunk(2)
+        return text + audio_guidance_scale * (cond - text)
     if audio_guidance_scale is None:
         cond, uncond = predictions.chunk(2)
         return uncond + guidance_scale * (cond - uncond)
@@ -206,13 +216,14 @@ class AnyTalkerPipeline(DiffusionPipeline):
                       audio_guidance_scale: float | None) -> torch.Tensor:
         """The guided prediction: every guidance pass (`guidance_passes`) in one batched forward;
         uncond = negative prompt + zero audio."""
-        passes = guidance_passes(audio_guidance_scale)
+        passes = guidance_passes(guidance_scale, audio_guidance_scale)
+        unconditional = int(guidance_scale != 1)  # the last pass: negative prompt, zero audio
         model_input = torch.cat([tensors["latents"].to(self.transformer.dtype), tensors["condition"]], dim=1)
         prediction = self.transformer(
             hidden_states=model_input.expand(passes, -1, -1, -1, -1),
             timestep=timestep.expand(passes),
-            encoder_hidden_states=torch.cat([tensors["prompt_embeds"]] * (passes - 1)
-                                            + [tensors["negative_prompt_embeds"]]),
+            encoder_hidden_states=torch.cat([tensors["prompt_embeds"]] * (passes - unconditional)
+                                            + [tensors["negative_prompt_embeds"]] * unconditional),
             encoder_hidden_states_image=tensors["image_embeds"].expand(passes, -1, -1),
             face_embeds=tensors["face_embeds"].expand(passes, -1, -1, -1),
             audio_embeds=tensors["audio_embeds"],
@@ -323,7 +334,7 @@ class AnyTalkerPipeline(DiffusionPipeline):
         # transformer's float rounding depends on the strides, and per-window contiguous copies moved
         # the outputs by up to 1.5e-5 (measured), so the layout stays as it was.
         audio_batch = torch.cat([audio_embeds] + [torch.zeros_like(audio_embeds)]
-                                * (guidance_passes(audio_guidance_scale) - 1))
+                                * (guidance_passes(guidance_scale, audio_guidance_scale) - 1))
         regions = conditioning.face_regions(face_boxes, image_h, image_w)
         latent_h, latent_w = height // self.vae_scale_factor_spatial, width // self.vae_scale_factor_spatial
         face_token_masks = conditioning.face_token_masks(regions, latent_h, latent_w, self.patch_size)
