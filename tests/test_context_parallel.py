@@ -100,6 +100,16 @@ def transformer_worker(rank, context, out_dir):
         broken.token_frames.forward = positional_frames(world)
         enable_context_parallel(broken, context, plan={k: v for k, v in broken._cp_plan.items() if k != "token_frames"})
         results[f"{variant}/unsplit"] = run(broken, **tiny_inputs(**INPUTS))
+    # With the speed stack's regional compile on top (graphs counted, run as traced).
+    from anytalker.acceleration.compile import CountingBackend, compile_blocks
+
+    model, backend = tiny_transformer("fused"), CountingBackend()
+    enable_context_parallel(model, context)
+    compile_blocks(model, backend=backend)
+    results["fused/compiled"], results["fused/compiled/graphs"] = [], []
+    for _ in range(3):
+        results["fused/compiled"].append(run(model, **tiny_inputs(**INPUTS)))
+        results["fused/compiled/graphs"].append(backend.graphs)
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
@@ -157,6 +167,19 @@ def test_ulysses_equals_one_process(cp_results, variant):
         assert result[variant].shape == single[variant].shape
         assert (result[variant] - single[variant]).abs().max().item() < 1e-5
     assert torch.equal(ranks[0][variant], ranks[1][variant])
+
+
+def test_ulysses_combines_with_regional_compile(cp_results):
+    """Compiled blocks under the context-parallel hooks: the same output; traced on the first call
+    and once more on the second (diffusers' split hook caches its argument positions on its first
+    call, a guard the first trace took), then never again."""
+    single, ranks = cp_results
+    for result in ranks:
+        first, second, third = result["fused/compiled"]
+        assert (first - single["fused"]).abs().max().item() < 1e-5
+        assert torch.equal(first, second) and torch.equal(first, third)
+        graphs = result["fused/compiled/graphs"]
+        assert graphs[0] >= 1 and graphs[2] == graphs[1] <= 2 * graphs[0], graphs
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
