@@ -106,11 +106,25 @@ def transformer_worker(rank, context, out_dir):
     model, backend = tiny_transformer("fused"), CountingBackend()
     enable_context_parallel(model, context)
     compile_blocks(model, backend=backend)
+    # int8 weight-only quantized (torchao), as `--quantize int8` loads it.
+    results["fused/int8"] = run(int8_transformer(context), **tiny_inputs(**INPUTS))
     results["fused/compiled"], results["fused/compiled/graphs"] = [], []
     for _ in range(3):
         results["fused/compiled"].append(run(model, **tiny_inputs(**INPUTS)))
         results["fused/compiled/graphs"].append(backend.graphs)
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+
+
+def int8_transformer(context=None):
+    """The fused tiny transformer with int8 weight-only weights; context-parallel over `context`."""
+    from anytalker.acceleration.parallel import enable_context_parallel
+    from anytalker.acceleration.quantization import quantize_weights
+
+    model = tiny_transformer("fused")
+    quantize_weights(model, "int8", torch.float32)
+    if context is not None:
+        enable_context_parallel(model, context)
+    return model
 
 
 LSE_CALLS = []
@@ -169,6 +183,13 @@ def test_ulysses_equals_one_process(cp_results, variant):
     assert torch.equal(ranks[0][variant], ranks[1][variant])
 
 
+def test_ulysses_combines_with_int8_weights(cp_results):
+    _, ranks = cp_results
+    single = run(int8_transformer(), **tiny_inputs(**INPUTS))
+    for result in ranks:
+        assert (result["fused/int8"] - single).abs().max().item() < 1e-5
+
+
 def test_ulysses_combines_with_regional_compile(cp_results):
     """Compiled blocks under the context-parallel hooks: the same output; traced on the first call
     and once more on the second (diffusers' split hook caches its argument positions on its first
@@ -225,6 +246,22 @@ def test_ring_needs_a_backend_that_returns_lse():
     with pytest.raises(SettingsError, match="--ring-degree must be a positive integer that divides "
                                             "--context-parallel 4, got 3"):
         ParallelSettings(context_parallel=4, ring_degree=3).validate(flag_label, world_size=4)
+
+
+@pytest.mark.parametrize("model", [dict(cpu_offload=True), dict(speed=dict(offload="block")),
+                                   dict(speed=dict(cache="first-block"))], ids=["cpu_offload", "offload", "cache"])
+def test_offload_and_step_caches_do_not_combine_with_context_parallel(model):
+    """Offload hooks move weights under the split; a step cache decides on each rank's shard, so
+    ranks could disagree about skipping a step and stall in the next all-to-all."""
+    from anytalker.acceleration.parallel import ParallelSettings
+    from anytalker.pipeline.settings import ModelSettings, SettingsError, SpeedSettings, flag_label
+
+    speed = SpeedSettings(**model.pop("speed", {}))
+    settings = ModelSettings("random-tiny", speed=speed, **model)
+    name = next(iter(model)) if model else ("offload" if speed.offload else "cache")
+    with pytest.raises(SettingsError, match=f"--{name.replace('_', '-')} does not combine with --context-parallel 2"):
+        ParallelSettings(context_parallel=2).validate(flag_label, world_size=2, model=settings)
+    ParallelSettings(context_parallel=1).validate(flag_label, world_size=2, model=settings)  # data parallel: fine
 
 
 # ------------------------------------------------------------------------------------------------
