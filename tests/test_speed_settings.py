@@ -6,7 +6,7 @@ import re
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import random_transformer_inputs, run_cli
 
 from anytalker.acceleration import backends
 from anytalker.pipeline import runner
@@ -123,21 +123,6 @@ def test_cli_refuses_a_missing_kernel_before_loading(tmp_path):
     assert code == 2 and "--attention-backend sage: its kernel (sageattention) is not installed" in err
 
 
-def _inputs(transformer, identities=2, frames=2, seed=0):
-    cfg = transformer.config
-    g = torch.Generator().manual_seed(seed)
-    height, width = 4, 6
-    return dict(
-        hidden_states=torch.randn(1, cfg.in_channels, frames, height, width, generator=g),
-        timestep=torch.tensor([700.0]),
-        encoder_hidden_states=torch.randn(1, 7, cfg.text_dim, generator=g),
-        encoder_hidden_states_image=torch.randn(1, 257, cfg.image_dim, generator=g),
-        face_embeds=torch.randn(1, identities, 257, cfg.face_dim, generator=g),
-        audio_embeds=torch.randn(1, identities, 4 * (frames - 1) + 1, cfg.audio_window, cfg.audio_layers,
-                                 cfg.audio_channels, generator=g),
-        face_token_masks=torch.rand(1, identities, frames, height // 2, width // 2, generator=g))
-
-
 @pytest.mark.parametrize("variant", ["fused", "separate"])
 def test_every_attention_dispatches_to_the_chosen_backend_without_a_mask(variant, monkeypatch, restore_backend):
     from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
@@ -147,7 +132,7 @@ def test_every_attention_dispatches_to_the_chosen_backend_without_a_mask(variant
     base = random_tiny_components(0)["transformer"]
     transformer = AnyTalkerTransformer.from_config({**base.config, "audio_attention": variant,
                                                     "audio_token_dim": 32}).eval()
-    x = _inputs(transformer)
+    x = random_transformer_inputs(transformer)
     with torch.no_grad():
         reference = transformer(**x).sample
 
