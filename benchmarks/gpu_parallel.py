@@ -40,6 +40,12 @@ SMOKE_MODEL = {"num_attention_heads": 2, "attention_head_dim": 16, "ffn_dim": 64
 SMOKE_SIZES = {"smoke": (32, 48)}
 
 
+def ring_for(count: int, ring_degree: int) -> int:
+    """The ring degree a launch of `count` GPUs runs: `ring_degree` where it divides the count,
+    else 1 (Ulysses alone)."""
+    return ring_degree if count % ring_degree == 0 else 1
+
+
 def model_config(smoke: bool) -> dict:
     from anytalker.models.official_checkpoint import RELEASE_DIT_CONFIGS, config_from_official
 
@@ -103,7 +109,7 @@ def worker(args) -> None:
     if args.smoke:
         torch.set_num_threads(1)
     world = int(os.environ.get("WORLD_SIZE", 1))
-    ring = args.ring_degree if world % args.ring_degree == 0 else 1
+    ring = ring_for(world, args.ring_degree)
     context = start_parallel(ParallelSettings(context_parallel=world, ring_degree=ring), device=device_kind)
     device = torch.device("cpu") if args.smoke else torch.device("cuda", torch.cuda.current_device())
     dtype = torch.float32 if args.smoke else torch.bfloat16
@@ -221,8 +227,8 @@ def main() -> int:
     if args.ring_degree < 1 or (args.ring_degree > 1 and args.attention_backend not in RING_BACKENDS):
         parser.error(f"--ring-degree {args.ring_degree}: must be >= 1, and above 1 needs --attention-backend "
                      f"{', '.join(RING_BACKENDS)}")
-    ulysses = {k: k // args.ring_degree if k % args.ring_degree == 0 else k for k in counts}
-    bad = [k for k in counts if k < 1 or k > available or (not args.smoke and 40 % ulysses[k])]
+    bad = [k for k in counts if k < 1 or k > available
+           or (not args.smoke and 40 % (k // ring_for(k, args.ring_degree)))]
     if bad:
         parser.error(f"--gpus {bad}: each count must be between 1 and the {available} GPUs present, and its "
                      f"Ulysses degree (count / ring degree) divide the 40 attention heads")

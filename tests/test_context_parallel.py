@@ -55,11 +55,14 @@ def spawn(worker, *args, world=WORLD, timeout=240):
                 os.environ[key] = value
 
 
-def positional_frames(world):
-    """What grouping by position would do: every rank reads its tokens as the first L/K tokens."""
-    def forward(num_frames, tokens_per_frame):
+def unsplit_frame_index(model, world) -> dict:
+    """Leaves `model`'s latent-frame index unsplit, grouping each rank's queries by position as
+    if they were the first L/K tokens; returns the `_cp_plan` without the index's split."""
+    def positional(num_frames, tokens_per_frame):
         return latent_frame_index(num_frames, tokens_per_frame)[: num_frames * tokens_per_frame // world]
-    return forward
+
+    model.token_frames.forward = positional
+    return {k: v for k, v in model._cp_plan.items() if k != "token_frames"}
 
 
 def worker(rank, world, out_dir):
@@ -97,8 +100,7 @@ def transformer_worker(rank, context, out_dir):
         results[variant] = run(model, **tiny_inputs(**INPUTS))
         # The frame index left unsplit: each rank groups its queries by their position instead.
         broken = tiny_transformer(variant)
-        broken.token_frames.forward = positional_frames(world)
-        enable_context_parallel(broken, context, plan={k: v for k, v in broken._cp_plan.items() if k != "token_frames"})
+        enable_context_parallel(broken, context, plan=unsplit_frame_index(broken, world))
         results[f"{variant}/unsplit"] = run(broken, **tiny_inputs(**INPUTS))
     # With the speed stack's regional compile on top (graphs counted, run as traced).
     from anytalker.acceleration.compile import CountingBackend, compile_blocks
@@ -150,12 +152,10 @@ def ring_worker(rank, context, out_dir):
     attention_dispatch._native_flash_attention_forward_op = cpu_flash_forward_op
     results = {"mesh": dict(zip(context.mesh.mesh_dim_names, context.mesh.shape))}
     for variant in VARIANTS:
-        for name, plan in (("ring", None), ("ring/unsplit", "broken")):
+        for name, split in (("ring", True), ("ring/unsplit", False)):
             model = tiny_transformer(variant)
             apply_attention_backend(model, "_native_flash")
-            if plan:
-                model.token_frames.forward = positional_frames(context.world_size)
-                plan = {k: v for k, v in model._cp_plan.items() if k != "token_frames"}
+            plan = None if split else unsplit_frame_index(model, context.world_size)
             enable_context_parallel(model, context, plan=plan)
             results[f"{variant}/{name}"] = run(model, **tiny_inputs(**INPUTS))
     results["lse_calls"] = LSE_CALLS
