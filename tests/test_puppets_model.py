@@ -251,12 +251,67 @@ def test_recipe_quick_mode_runs_every_stage(tmp_path):
         train_puppets_model(out, quick=False, progress=False, log=lambda text: None)
 
 
-def test_video_phase_starts_from_the_image_phase(solo_clips, tmp_path):
+@pytest.mark.parametrize("temporal_downsample", ["newest", "average"])
+def test_video_phase_starts_from_the_image_phase(solo_clips, tmp_path, temporal_downsample):
     """build_vae's temporal initialisation: after image-only training a still video reconstructs
     exactly as its frame does alone (frames are coded independently until the video phase)."""
-    settings = VAETrainSettings(dim=4, image_steps=3, image_batch=2, video_steps=0, crop=(32, 32), checkpoint_every=10)
+    settings = VAETrainSettings(dim=4, image_steps=3, image_batch=2, video_steps=0, crop=(32, 32), checkpoint_every=10,
+                                temporal_downsample=temporal_downsample)
     vae = train_vae(FrameSet(solo_clips), tmp_path, settings, progress=False)
     still = np.repeat(solo_clips[0][:1], 9, axis=0)
     frame = reconstruct(vae, still[:1])[0]
     video = reconstruct(vae, still)
     assert max(np.abs(video[i].astype(int) - frame.astype(int)).max() for i in range(9)) <= 1
+
+
+def test_averaging_downsamplers_let_every_frame_of_a_group_into_its_latent(solo_clips):
+    """"newest" codes latent frame 1 from video frame 4 alone (frames 1-3 are dropped until the video
+    phase learns otherwise); "average" starts with all four frames in it."""
+    from anytalker.encoders.vae import encode_video
+
+    clip = torch.from_numpy(solo_clips[0][:5].copy()).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+    changed = clip.clone()
+    changed[:, :, 1] = -changed[:, :, 1]  # the first frame of latent frame 1's group
+    shifts = {}
+    for mode in ("newest", "average"):
+        vae = build_vae(4, seed=0, temporal_downsample=mode).eval()
+        with torch.no_grad():
+            z, z_changed = encode_video(vae, clip), encode_video(vae, changed)
+        assert torch.equal(z[:, :, 0], z_changed[:, :, 0])  # latent frame 0 is video frame 0
+        shifts[mode] = float((z[:, :, 1] - z_changed[:, :, 1]).abs().max())
+    assert shifts["newest"] == 0.0 and shifts["average"] > 1e-3, shifts
+    with pytest.raises(ValueError, match="temporal_downsample"):
+        build_vae(4, temporal_downsample="oldest")
+    with pytest.raises(ValueError, match="temporal_downsample"):
+        VAETrainSettings(temporal_downsample="mean")
+
+
+def test_temporal_loss_compares_frame_differences(solo_clips):
+    from anytalker.encoders.vae import decode_unclamped
+
+    vae = build_vae(4, seed=0)
+    frames = FrameSet(solo_clips)
+    video = frames.batch(np.random.default_rng(0), 1, 5, (32, 32))
+    image = frames.batch(np.random.default_rng(0), 1, 1, (32, 32))
+    plain, weighted = VAETrainSettings(dim=4), VAETrainSettings(dim=4, temporal_weight=3.0)
+    with torch.no_grad():
+        loss, parts = vae_loss(vae, *video, plain)
+        loss_t, parts_t = vae_loss(vae, *video, weighted)
+        _, parts_image = vae_loss(vae, *image, weighted)
+        reconstruction = decode_unclamped(vae, vae.encode(video[0]).latent_dist.mean)
+    expected = float((reconstruction.diff(dim=2) - video[0].diff(dim=2)).abs().mean())
+    assert parts_t["temporal"] == pytest.approx(expected, rel=1e-4) and expected > 0
+    assert float(loss_t) == pytest.approx(float(loss) + 3.0 * expected, rel=1e-5)
+    assert parts_image["temporal"] == 0.0  # one frame: nothing to compare
+
+
+def test_motion_map_marks_the_pixels_that_move():
+    from anytalker.puppets.model.stages import motion_map
+
+    clip = np.full((9, 16, 16, 3), 100, np.uint8)
+    clip[::2, 4:8, 4:8] = 160  # a square that blinks every other frame
+    clip[:, 10:, 10:] = 30     # a still dark patch
+    moving = motion_map(clip)
+    assert moving.shape == (16, 16) and moving.dtype == np.float32
+    assert np.all(moving[4:8, 4:8] == 1.0) and moving[10:, 10:].max() == 0.0 and moving[0, :4].max() == 0.0
+    assert motion_map(clip[:1]).max() == 0.0

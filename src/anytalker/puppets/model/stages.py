@@ -47,6 +47,13 @@ def step_data(out: Path, data: dict, progress: bool) -> None:
     make_clips(out / "clips" / "stage2", 2, data["stage2_clips"], data["seed"] + 1, data, progress)
 
 
+def motion_map(frames: np.ndarray) -> np.ndarray:
+    """float32 [H, W] in [0, 1]: how much each pixel moves over a clip (the std over frames of its
+    luma, 16 grey levels and more = 1). Mouths, eyes and brows light up; the still background is 0."""
+    luma = frames.astype(np.float32).mean(-1)
+    return np.clip(luma.std(0) / 16.0, 0.0, 1.0)
+
+
 def _clip_frames(folders: list[Path], face_weight: float):
     """(clips, weight maps) of clip folders: decoded video.mp4 frames, 1 + face_weight inside face boxes."""
     from ...video.io import read_video
@@ -76,6 +83,7 @@ def step_vae(out: Path, recipe: dict, progress: bool) -> dict:
 
     settings = dict(recipe["vae"])
     face_weight = settings.pop("face_weight", 2.0)
+    motion_weight = settings.pop("motion_weight", 0.0)
     stat_clips = settings.pop("statistics_clips", 16)
     per_set = settings.pop("clips_per_set", None)
     eval_scenes = settings.pop("evaluation_scenes", 4)
@@ -85,7 +93,10 @@ def step_vae(out: Path, recipe: dict, progress: bool) -> dict:
         found = sorted(p.parent for p in (out / "clips" / stage).glob("*/meta.json"))
         folders += found[:per_set] if per_set else found
     clips, weights = _clip_frames(folders, face_weight)
-    vae = train_vae(FrameSet(clips, weights), out / "vae_train", settings, progress=progress)
+    # The video phase also weighs the pixels that move (what a viewer watches: mouths, eyes, brows).
+    video_set = FrameSet(clips, [w + motion_weight * motion_map(c) for c, w in zip(clips, weights)]) \
+        if motion_weight else None
+    vae = train_vae(FrameSet(clips, weights), out / "vae_train", settings, progress=progress, video_frames=video_set)
     # Statistics from clips of both kinds (every k-th clip): 1 and 2 puppets, whole clips.
     chosen = clips[:: max(1, len(clips) // stat_clips)][:stat_clips]
     mean, std = estimate_latent_statistics(vae, chosen)
