@@ -15,12 +15,13 @@ Interactivity, side by side for:
 
 section `vae`: each frame coded alone by the VAE (no temporal compression) vs the video coded as
 the pipeline codes it, and the background flicker at the VAE's latent seams (frames 4k -> 4k+1)
-vs elsewhere; and for long scenes: section `windows`, a 12 s scene in windows of the trained 49 frames vs
-ONE window of all its frames (what the demo used to ask for), and section `per-window`, a 20 s
-two-puppet scene's table per 49-frame window (lip sync, amplitude ratio, colour distance to the reference image, pixel distance
-to the ground truth), each relative to the first window.
+vs elsewhere; and for long scenes: section `windows`, a 12 s scene in windows of the trained 49
+frames vs ONE window of all its frames (what the demo used to ask for), and section `per-window`, a
+20 s two-puppet scene's table per 49-frame window (lip sync, amplitude ratio, colour distance to
+the reference image, pixel distance to the ground truth), each relative to the first window.
 
-    python benchmarks/puppets_amplitude.py [--scenes 3] [--sections stages,dit,sampling,vae,windows,per-window] [--threads 1]
+    python benchmarks/puppets_amplitude.py [--scenes 3] [--threads 1]
+        [--sections stages,dit,sampling,vae,windows,per-window]
 
 Scenes are held-out two-puppet scenes (the recipe's evaluation seeds 900000, 900001, ...), 49
 frames (2 s, the trained length). Every generation uses seed 0. On a machine shared with other
@@ -244,21 +245,23 @@ def run_per_window(pipe, table_seed: int = 900_100, table_seconds: float = 20.0)
     return {"seed": table_seed, "frames": table_frames, "rows": rows, "whole": scene_metrics(result.frames, scene)}
 
 
+def whole_video(whole: dict) -> str:
+    """One line of a whole video's scene_metrics: lip own, std ratio (puppets averaged), flicker x."""
+    return (f"lip own {finite_mean(whole['lip_own']):.2f}, std ratio {finite_mean(whole['amplitude_std_ratio']):.2f}, "
+            f"flicker x {whole['flicker_ratio']:.2f}")
+
+
 def print_windows(out: dict) -> None:
     print("\n### Long scene: trained windows vs one window (thirds of the video)\n")
     for name in out:
         whole = out[name]["whole"]
-        print(f"{name} ({out[name]['windows']} window(s), {whole['seconds']:.0f} s): lip own "
-              f"{finite_mean(whole['lip_own']):.2f}, std ratio {finite_mean(whole['amplitude_std_ratio']):.2f}, "
-              f"flicker x {whole['flicker_ratio']:.2f}\n")
+        print(f"{name} ({out[name]['windows']} window(s), {whole['seconds']:.0f} s): {whole_video(whole)}\n")
         print(table([(row["frames"], row) for row in out[name]["thirds"]], WINDOW_COLUMNS[:6]) + "\n")
 
 
 def print_per_window(per: dict) -> None:
-    whole = per["whole"]
-    print(f"### {per['frames']}-frame two-puppet scene (seed {per['seed']}), per 49-frame window: whole video lip "
-          f"own {finite_mean(whole['lip_own']):.2f}, std ratio {finite_mean(whole['amplitude_std_ratio']):.2f}, "
-          f"flicker x {whole['flicker_ratio']:.2f}\n")
+    print(f"### {per['frames']}-frame two-puppet scene (seed {per['seed']}), per 49-frame window: whole video "
+          f"{whole_video(per['whole'])}\n")
     print(table([(row["frames"], row) for row in per["rows"]], WINDOW_COLUMNS))
 
 
@@ -267,7 +270,8 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=3, help="held-out two-puppet scenes (default 3)")
     parser.add_argument("--sections", default="stages,dit,sampling,vae,windows,per-window",
                         help="comma-separated: stages (truth, VAE, default sampling), dit, sampling, vae (frame "
-                             "by frame, latent-seam flicker), windows (12 s: trained windows vs one), per-window (20 s)")
+                             "by frame, latent-seam flicker), windows (12 s: trained windows vs one), "
+                             "per-window (20 s)")
     parser.add_argument("--model", default=None, help="pipeline folder (default: the bundled puppets-tiny)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", default=None, help="also write every number to this JSON file")

@@ -53,6 +53,11 @@ PHASES = ("image", "video")
 TEMPORAL_DOWNSAMPLES = ("newest", "average")
 
 
+def _check_temporal_downsample(value: str) -> None:
+    if value not in TEMPORAL_DOWNSAMPLES:
+        raise ValueError(f"temporal_downsample must be one of {TEMPORAL_DOWNSAMPLES}, got {value!r}")
+
+
 @dataclass
 class VAETrainSettings:
     dim: int = 8                      # base width of AutoencoderKLWan
@@ -81,9 +86,7 @@ class VAETrainSettings:
         self.crop = tuple(int(v) for v in self.crop)
         if any(v % 8 for v in self.crop):
             raise ValueError(f"crop must be multiples of 8 (the VAE's stride), got {self.crop}")
-        if self.temporal_downsample not in TEMPORAL_DOWNSAMPLES:
-            raise ValueError(f"temporal_downsample must be one of {TEMPORAL_DOWNSAMPLES}, "
-                             f"got {self.temporal_downsample!r}")
+        _check_temporal_downsample(self.temporal_downsample)  # here too: before the clips load
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -148,8 +151,7 @@ def build_vae(dim: int = 8, seed: int = 0, temporal_downsample: str = "newest") 
     bundled VAE, docs/puppets-amplitude.md section 5): "newest" trains to ramps that smear a mouth's
     onset (amplitude 0.70 of the truth's after 1500 steps), "average" to 0.84 after 800.
     """
-    if temporal_downsample not in TEMPORAL_DOWNSAMPLES:
-        raise ValueError(f"temporal_downsample must be one of {TEMPORAL_DOWNSAMPLES}, got {temporal_downsample!r}")
+    _check_temporal_downsample(temporal_downsample)
     from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, WanResample, WanResidualBlock
 
     torch.manual_seed(seed)

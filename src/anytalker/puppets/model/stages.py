@@ -49,9 +49,11 @@ def step_data(out: Path, data: dict, progress: bool) -> None:
 
 def motion_map(frames: np.ndarray) -> np.ndarray:
     """float32 [H, W] in [0, 1]: how much each pixel moves over a clip (the std over frames of its
-    luma, 16 grey levels and more = 1). Mouths, eyes and brows light up; the still background is 0."""
-    luma = frames.astype(np.float32).mean(-1)
-    return np.clip(luma.std(0) / 16.0, 0.0, 1.0)
+    grey level, the plain mean of R, G and B; 16 levels and more = 1). Mouths, eyes and brows light
+    up; the still background is 0. (Not `measure.frame_luma`'s BT.709 weights: the bundled VAE was
+    trained with this map.)"""
+    grey = frames.astype(np.float32).mean(-1)
+    return np.clip(grey.std(0) / 16.0, 0.0, 1.0)
 
 
 def _clip_frames(folders: list[Path], face_weight: float):
