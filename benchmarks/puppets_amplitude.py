@@ -65,7 +65,8 @@ def table(rows: list[tuple[str, dict]], columns=COLUMNS) -> str:
         cells = []
         for key, _ in columns:
             value = values.get(key)
-            cells.append("-" if value is None or not np.isfinite(value) else f"{value:.2f}")
+            cells.append("-" if value is None or not np.isfinite(value) else str(value) if isinstance(value, int)
+                         else f"{value:.2f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -191,20 +192,26 @@ def colour_distance(frames: np.ndarray, reference: np.ndarray) -> float:
 
 
 def span_rows(frames: np.ndarray, scene, spans) -> list[dict]:
-    """Per frame span [a, b): lip sync (own track), mouth std / max ratio, colour distance to the
-    reference (generated and ground truth), mean |generated - ground truth|."""
+    """Per frame span [a, b): lip sync (own track) and mouth std / max ratio of the puppets that
+    speak in it (a silent puppet's correlation is undefined and its truth's spread ~0, which made
+    ratios of 3-5 out of a still mouth), the generated mouth-height std of those that do not (px;
+    the truth's is 0), colour distance to the reference (generated and ground truth), mean
+    |generated - ground truth|."""
     measured = measure_frames(frames, scene.face_boxes).mouth_height
     truth = measure_frames(scene.frames, scene.face_boxes).mouth_height
     envelope = np.asarray(scene.ground_truth["envelope"], np.float64)
     lag, rows = MOUTH_LAG_FRAMES, []
     for a, b in spans:
-        own = [correlation(measured[i, a + lag:b], envelope[i, a:b - lag]) for i in range(scene.persons)]
-        std, top = mouth_amplitude(measured[:, a:b])
-        std_truth, top_truth = mouth_amplitude(truth[:, a:b])
+        speaking = [i for i in range(scene.persons) if envelope[i, a:b].std() > 1e-3]
+        silent = [i for i in range(scene.persons) if i not in speaking]
+        own = [correlation(measured[i, a + lag:b], envelope[i, a:b - lag]) for i in speaking]
+        std, top = mouth_amplitude(measured[speaking, a:b])
+        std_truth, top_truth = mouth_amplitude(truth[speaking, a:b])
         rows.append({
-            "frames": f"{a}-{b - 1}", "lip_own": finite_mean(own),
+            "frames": f"{a}-{b - 1}", "speakers": len(speaking), "lip_own": finite_mean(own),
             "amplitude_std_ratio": finite_mean([ratio(x, y) for x, y in zip(std, std_truth)]),
             "amplitude_max_ratio": finite_mean([ratio(x, y) for x, y in zip(top, top_truth)]),
+            "silent_std": finite_mean(mouth_amplitude(measured[silent, a:b])[0]) if silent else None,
             "colour": colour_distance(frames[a:b], scene.reference),
             "colour_truth": colour_distance(scene.frames[a:b], scene.reference),
             "pixels": float(np.abs(frames[a:b].astype(np.int16) - scene.frames[a:b].astype(np.int16)).mean()),
@@ -212,8 +219,8 @@ def span_rows(frames: np.ndarray, scene, spans) -> list[dict]:
     return rows
 
 
-WINDOW_COLUMNS = (("lip_own", "lip own"), ("amplitude_std_ratio", "std ratio"), ("amplitude_max_ratio", "max ratio"),
-                  ("colour", "colour dist."), ("colour_truth", "colour dist. (ground truth)"),
+WINDOW_COLUMNS = (("speakers", "speakers"), ("lip_own", "lip own"), ("amplitude_std_ratio", "std ratio"),
+                  ("amplitude_max_ratio", "max ratio"), ("silent_std", "silent mouth std px"), ("colour", "colour dist."), ("colour_truth", "colour dist. (ground truth)"),
                   ("pixels", "|gen - gt|"), ("lip_vs_first", "lip / first"), ("std_vs_first", "std ratio / first"))
 
 
@@ -256,7 +263,7 @@ def print_windows(out: dict) -> None:
     for name in out:
         whole = out[name]["whole"]
         print(f"{name} ({out[name]['windows']} window(s), {whole['seconds']:.0f} s): {whole_video(whole)}\n")
-        print(table([(row["frames"], row) for row in out[name]["thirds"]], WINDOW_COLUMNS[:6]) + "\n")
+        print(table([(row["frames"], row) for row in out[name]["thirds"]], WINDOW_COLUMNS[:-2]) + "\n")
 
 
 def print_per_window(per: dict) -> None:

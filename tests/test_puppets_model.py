@@ -212,6 +212,13 @@ def test_recipe_quick_mode_runs_every_stage(tmp_path):
     assert list(state["done"]) == list(STEPS)
     assert state["results"]["prepare"]["stage1"]["samples"] > 0 and state["results"]["prepare"]["stage2"]["samples"] > 0
     assert state["results"]["stage2"]["steps"] == 2
+    # Stage 2 also trains on a longer conversation cut into samples that start mid-conversation
+    # (clips/stage2/continued); the VAE trains on the top-level clips only.
+    assert len(list((out / "clips" / "stage2" / "continued").glob("*/meta.json"))) == 1
+    prepared = [json.loads(line) for line in (out / "data" / "stage2" / "clips.jsonl").read_text().splitlines()]
+    continued = [entry for entry in prepared if entry["clip"].startswith("continued_")]
+    assert len(continued) == 1 and continued[0]["samples"] == 49 // 9
+    assert len(prepared) == 3
     pipe = AnyTalkerPipeline.from_pretrained(out / "puppets-tiny")
     for folder in ("puppets-tiny", "puppets-tiny-stage1"):  # the trained clip length: quick mode's 9 frames
         assert json.loads((out / folder / "generation_defaults.json").read_text())["max_frames_per_window"] == 9

@@ -42,9 +42,16 @@ def make_clips(folder: Path, persons: int, count: int, seed: int, data: dict, pr
 
 
 def step_data(out: Path, data: dict, progress: bool) -> None:
-    """Single-puppet clips (stage 1) and two-puppet conversations (stage 2) under OUT/clips."""
+    """Single-puppet clips (stage 1) and two-puppet conversations (stage 2) under OUT/clips, and
+    the longer conversations of stage 2 under OUT/clips/stage2/continued."""
     make_clips(out / "clips" / "stage1", 1, data["stage1_clips"], data["seed"], data, progress)
     make_clips(out / "clips" / "stage2", 2, data["stage2_clips"], data["seed"] + 1, data, progress)
+    # Prepare cuts these into consecutive samples, so all but the first start mid-conversation, as
+    # every later window of a long video does (mouths open, heads turned); with only clips that start
+    # from the neutral reference, lip sync fell to 0.2 in later windows of a 20 s scene.
+    seconds = data.get("continued_seconds", 0.0)
+    make_clips(out / "clips" / "stage2" / "continued", 2, data.get("continued_clips", 0), data["seed"] + 2,
+               {"min_seconds": seconds, "max_seconds": seconds + 0.05}, progress)
 
 
 def motion_map(frames: np.ndarray) -> np.ndarray:
@@ -91,7 +98,7 @@ def step_vae(out: Path, recipe: dict, progress: bool) -> dict:
     eval_scenes = settings.pop("evaluation_scenes", 4)
     settings = VAETrainSettings(**settings)
     folders = []
-    for stage in ("stage1", "stage2"):
+    for stage in ("stage1", "stage2"):  # the clips at the top of each set (not stage2/continued: no new looks)
         found = sorted(p.parent for p in (out / "clips" / stage).glob("*/meta.json"))
         folders += found[:per_set] if per_set else found
     clips, weights = _clip_frames(folders, face_weight)
