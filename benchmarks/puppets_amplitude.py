@@ -17,11 +17,13 @@ section `vae`: each frame coded alone by the VAE (no temporal compression) vs th
 the pipeline codes it, and the background flicker at the VAE's latent seams (frames 4k -> 4k+1)
 vs elsewhere; and for long scenes: section `windows`, a 12 s scene in windows of the trained 49
 frames vs ONE window of all its frames (what the demo used to ask for), and section `per-window`, a
-20 s two-puppet scene's table per 49-frame window (lip sync, amplitude ratio, colour distance to
-the reference image, pixel distance to the ground truth), each relative to the first window.
+20 s two-puppet scene's table per 49-frame window (lip sync, amplitude ratio, colour and face
+distance to the reference image, pixel distance to the ground truth), each relative to the first
+window, and section `carried`: the same scene with each later window given the ground truth's
+frames at its start instead of the previous window's last frames.
 
     python benchmarks/puppets_amplitude.py [--scenes 3] [--threads 1]
-        [--sections stages,dit,sampling,vae,windows,per-window]
+        [--sections stages,dit,sampling,vae,windows,per-window,carried]
 
 Scenes are held-out two-puppet scenes (the recipe's evaluation seeds 900000, 900001, ...), 49
 frames (2 s, the trained length). Every generation uses seed 0. On a machine shared with other
@@ -37,6 +39,7 @@ import time
 import numpy as np
 import torch
 
+from anytalker.pipeline.schedule import plan_windows
 from anytalker.pipeline.scheduling import make_scheduler
 from anytalker.puppets.behaviour import MOUTH_LAG_FRAMES
 from anytalker.puppets.dataset import make_scene
@@ -191,12 +194,23 @@ def colour_distance(frames: np.ndarray, reference: np.ndarray) -> float:
     return float(np.abs(means - np.asarray(reference, np.float64).mean(axis=(0, 1))).mean())
 
 
+def face_distance(frames: np.ndarray, reference: np.ndarray, boxes) -> float:
+    """Mean |frame - reference| (0-255) inside the puppets' face boxes: identity drift (hair, hat,
+    skin), plus what the faces do (read it against the ground truth's own)."""
+    reference = np.asarray(reference, np.int16)
+    distances = []
+    for box in boxes:
+        x0, y0, x1, y1 = (int(round(v)) for v in (box.x0, box.y0, box.x1, box.y1))
+        distances.append(np.abs(np.asarray(frames[:, y0:y1, x0:x1], np.int16) - reference[y0:y1, x0:x1]).mean())
+    return float(np.mean(distances))
+
+
 def span_rows(frames: np.ndarray, scene, spans) -> list[dict]:
     """Per frame span [a, b): lip sync (own track) and mouth std / max ratio of the puppets that
     speak in it (a silent puppet's correlation is undefined and its truth's spread ~0, which made
     ratios of 3-5 out of a still mouth), the generated mouth-height std of those that do not (px;
     the truth's is 0), colour distance to the reference (generated and ground truth), mean
-    |generated - ground truth|."""
+    |generated - ground truth|, face distance to the reference (generated and ground truth)."""
     measured = measure_frames(frames, scene.face_boxes).mouth_height
     truth = measure_frames(scene.frames, scene.face_boxes).mouth_height
     envelope = np.asarray(scene.ground_truth["envelope"], np.float64)
@@ -215,13 +229,21 @@ def span_rows(frames: np.ndarray, scene, spans) -> list[dict]:
             "colour": colour_distance(frames[a:b], scene.reference),
             "colour_truth": colour_distance(scene.frames[a:b], scene.reference),
             "pixels": float(np.abs(frames[a:b].astype(np.int16) - scene.frames[a:b].astype(np.int16)).mean()),
+            "face": face_distance(frames[a:b], scene.reference, scene.face_boxes),
+            "face_truth": face_distance(scene.frames[a:b], scene.reference, scene.face_boxes),
         })
     return rows
 
 
 WINDOW_COLUMNS = (("speakers", "speakers"), ("lip_own", "lip own"), ("amplitude_std_ratio", "std ratio"),
-                  ("amplitude_max_ratio", "max ratio"), ("silent_std", "silent mouth std px"), ("colour", "colour dist."), ("colour_truth", "colour dist. (ground truth)"),
-                  ("pixels", "|gen - gt|"), ("lip_vs_first", "lip / first"), ("std_vs_first", "std ratio / first"))
+                  ("amplitude_max_ratio", "max ratio"), ("silent_std", "silent mouth std px"), ("colour", "colour dist."),
+                  ("colour_truth", "colour dist. (ground truth)"), ("face", "face dist."),
+                  ("face_truth", "face dist. (ground truth)"), ("pixels", "|gen - gt|"), ("lip_vs_first", "lip / first"),
+                  ("std_vs_first", "std ratio / first"))
+# section `carried`: what each later window of the 20 s scene is given instead of the previous
+# window's last frames (name -> frames taken from the ground-truth render, through the VAE or not)
+CARRIED = {"the previous window's 5 (generation)": None, "ground truth's 5": (5, False),
+           "ground truth's 5 through the VAE": (5, True), "ground truth's 1": (1, False)}
 
 
 def run_windows(pipe, long_seed: int = 11, long_seconds: float = 12.0) -> dict:
@@ -239,17 +261,58 @@ def run_windows(pipe, long_seed: int = 11, long_seconds: float = 12.0) -> dict:
     return out
 
 
-def run_per_window(pipe, table_seed: int = 900_100, table_seconds: float = 20.0) -> dict:
-    """A 20 s scene in the model's trained windows, scored window by window against the first."""
-    table_frames = max(1, round(table_seconds * 24 / 4)) * 4 + 1
-    scene = make_scene(2, table_seed, frames=table_frames)
-    result = generate_scene_result(pipe, scene, steps=20, seed=0)
+def table_scene(seed: int = 900_100, seconds: float = 20.0):
+    return make_scene(2, seed, frames=max(1, round(seconds * 24 / 4)) * 4 + 1)
+
+
+def window_rows(result, scene) -> list[dict]:
+    """span_rows of each window's own frames (its carried ones dropped), with lip sync and std
+    ratio relative to the first window's."""
     spans = [(w["start"] + w["carried"], w["start"] + w["length"]) for w in result.info["windows"]]
     rows = span_rows(result.frames, scene, spans)
     for row in rows:
         row["lip_vs_first"] = row["lip_own"] / rows[0]["lip_own"]
         row["std_vs_first"] = row["amplitude_std_ratio"] / rows[0]["amplitude_std_ratio"]
-    return {"seed": table_seed, "frames": table_frames, "rows": rows, "whole": scene_metrics(result.frames, scene)}
+    return rows
+
+
+def run_per_window(pipe, table_seed: int = 900_100, table_seconds: float = 20.0) -> dict:
+    """A 20 s scene in the model's trained windows, scored window by window against the first."""
+    scene = table_scene(table_seed, table_seconds)
+    result = generate_scene_result(pipe, scene, steps=20, seed=0)
+    return {"seed": table_seed, "frames": scene.num_frames, "rows": window_rows(result, scene),
+            "whole": scene_metrics(result.frames, scene)}
+
+
+def run_carried(pipe, table_seed: int = 900_100, table_seconds: float = 20.0) -> dict:
+    """The per-window scene again, each later window given the ground truth's frames at its start
+    instead of the previous window's last ones: is a window weak because of what it is given
+    (drift compounding) or because of what it must say?"""
+    from anytalker.encoders.vae import decode_latents, encode_video
+
+    scene = table_scene(table_seed, table_seconds)
+    truth = torch.from_numpy(scene.frames).float().permute(3, 0, 1, 2) / 127.5 - 1  # [3, F, H, W]
+    generate_window = pipe.prepare_latents
+    windows = plan_windows(scene.num_frames, 49, 5, pipe.vae_scale_factor_temporal)
+    out = {}
+    for name, given in CARRIED.items():
+        def prepare_latents(regions, known, num_frames, generator, device, dtype):
+            if given is not None and pipe.current_window > 0:
+                count, through_vae = given
+                start = windows[pipe.current_window].start
+                known = truth[None, :, start:start + count]
+                if through_vae:
+                    with torch.no_grad():
+                        known = decode_latents(pipe.vae, encode_video(pipe.vae, known)).float().clamp(-1, 1)
+            return generate_window(regions, known, num_frames, generator, device, dtype)
+
+        pipe.prepare_latents = prepare_latents
+        try:
+            result = generate_scene_result(pipe, scene, steps=20, seed=0, max_frames_per_window=49)
+        finally:
+            pipe.prepare_latents = generate_window
+        out[name] = window_rows(result, scene)
+    return {"seed": table_seed, "frames": scene.num_frames, "modes": out}
 
 
 def whole_video(whole: dict) -> str:
@@ -266,6 +329,18 @@ def print_windows(out: dict) -> None:
         print(table([(row["frames"], row) for row in out[name]["thirds"]], WINDOW_COLUMNS[:-2]) + "\n")
 
 
+def print_carried(carried: dict) -> None:
+    modes = carried["modes"]
+    print(f"\n### {carried['frames']}-frame scene (seed {carried['seed']}): lip own per window, by what each later "
+          f"window is given\n")
+    names = list(modes)
+    lines = ["| | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for index, row in enumerate(modes[names[0]]):
+        lines.append(f"| {row['frames']} | " + " | ".join(f"{modes[n][index]['lip_own'] or float('nan'):.2f}" for n in names) + " |")
+    lines.append("| \\|gen - gt\\|, last window | " + " | ".join(f"{modes[n][-1]['pixels']:.2f}" for n in names) + " |")
+    print("\n".join(lines))
+
+
 def print_per_window(per: dict) -> None:
     print(f"### {per['frames']}-frame two-puppet scene (seed {per['seed']}), per 49-frame window: whole video "
           f"{whole_video(per['whole'])}\n")
@@ -275,10 +350,10 @@ def print_per_window(per: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenes", type=int, default=3, help="held-out two-puppet scenes (default 3)")
-    parser.add_argument("--sections", default="stages,dit,sampling,vae,windows,per-window",
+    parser.add_argument("--sections", default="stages,dit,sampling,vae,windows,per-window,carried",
                         help="comma-separated: stages (truth, VAE, default sampling), dit, sampling, vae (frame "
                              "by frame, latent-seam flicker), windows (12 s: trained windows vs one), "
-                             "per-window (20 s)")
+                             "per-window (20 s), carried (the 20 s scene given the ground truth's frames)")
     parser.add_argument("--model", default=None, help="pipeline folder (default: the bundled puppets-tiny)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", default=None, help="also write every number to this JSON file")
@@ -319,6 +394,9 @@ def main() -> None:
     if "per-window" in sections:
         results["per_window"] = run_per_window(pipe)
         print_per_window(results["per_window"])
+    if "carried" in sections:
+        results["carried"] = run_carried(pipe)
+        print_carried(results["carried"])
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(results, handle, indent=1, default=float)
