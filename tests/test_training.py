@@ -104,6 +104,10 @@ def test_prepare_filters_with_reasons_skips_corrupt_and_resumes(tmp_path):
     sidecar = json.loads((src / "wrongcount.json").read_text())
     (src / "wrongcount.json").write_text(json.dumps({**sidecar, "boxes": sidecar["boxes"][:1]}))
     (src / "corrupt.mp4").write_bytes(b"not a video at all")
+    # What a killed atomic write leaves (utils.atomic's hidden temporary names): never read
+    (src / ".good.1a2b3c4d.tmp.mp4").write_bytes((src / "good.mp4").read_bytes()[:1000])
+    (src / ".clips.partial-x").mkdir()
+    (src / ".clips.partial-x" / "clip.mp4").write_bytes((src / "good.mp4").read_bytes())
     summary = prepare_dataset(src, tmp_path / "out", SETTINGS, progress=False)
     log = {e["clip"]: e for e in map(json.loads, (tmp_path / "out" / "clips.jsonl").read_text().splitlines())}
     assert log["good"]["status"] == "ok"

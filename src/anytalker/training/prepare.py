@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from ..audio.io import SAMPLE_RATE, SILENCE_PEAK, load_audio, resample
 from ..faces.detection import FaceBox, detect_faces, select_faces, square_box
+from ..utils.atomic import finished_files
 from ..video.io import read_video
 from .shards import Sample, write_shard
 
@@ -187,7 +188,7 @@ def prepare_dataset(src: str | os.PathLike, out: str | os.PathLike, settings: Pr
     def clip_id(path: Path) -> str:  # unique across sub-folders, and a valid shard member prefix
         return path.relative_to(src).with_suffix("").as_posix().replace("/", "_").replace(".", "_")
 
-    clips = sorted(p for p in src.rglob("*.mp4") if clip_id(p) not in done)
+    clips = [p for p in finished_files(src, "*.mp4") if clip_id(p) not in done]
     next_shard = len(list(out.glob("shard-*.tar")))
     pending, pending_log = [], []
 

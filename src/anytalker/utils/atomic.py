@@ -66,3 +66,11 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def finished_files(root: str | os.PathLike, pattern: str) -> list[Path]:
+    """The files under `root` matching `pattern` (recursively), sorted, without the hidden ones:
+    `atomic_write` and `atomic_directory` write under hidden names, and a killed process
+    (SIGTERM or SIGKILL runs no cleanup) leaves them behind half-written."""
+    root = Path(root)
+    return sorted(p for p in root.rglob(pattern) if not any(part.startswith(".") for part in p.relative_to(root).parts))

@@ -6,6 +6,8 @@ import json
 import os
 from pathlib import Path
 
+from ...utils.atomic import finished_files
+
 FPS = 24
 
 
@@ -28,7 +30,7 @@ class PuppetCache:
     def __init__(self, encoder, src: str | os.PathLike):
         self.encoder = encoder
         self.src = Path(src)
-        self.clips = {_clip_id(self.src, path): path for path in self.src.rglob("*.mp4")}
+        self.clips = {_clip_id(self.src, path): path for path in finished_files(self.src, "*.mp4")}
         self._features: tuple[str, list] | None = None
 
     def _track_features(self, source: str):
