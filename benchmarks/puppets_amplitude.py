@@ -244,13 +244,19 @@ WINDOW_COLUMNS = (("speakers", "speakers"), ("lip_own", "lip own"), ("amplitude_
 # window's last frames (name -> frames taken from the ground-truth render, through the VAE or not)
 CARRIED = {"the previous window's 5 (generation)": None, "ground truth's 5": (5, False),
            "ground truth's 5 through the VAE": (5, True), "ground truth's 1": (1, False)}
+WINDOW_FRAMES, MOTION_FRAMES = 49, 5  # puppets-tiny's trained length; the frames each window carries over
+
+
+def long_scene(seed: int, seconds: float):
+    """The two-puppet scene of `seed` at about `seconds` (4n+1 frames)."""
+    return make_scene(2, seed, frames=max(1, round(seconds * 24 / 4)) * 4 + 1)
 
 
 def run_windows(pipe, long_seed: int = 11, long_seconds: float = 12.0) -> dict:
     """A long scene in trained windows vs one window."""
     out = {}
-    frames_long = max(1, round(long_seconds * 24 / 4)) * 4 + 1
-    scene = make_scene(2, long_seed, frames=frames_long)  # `anytalker demo --seed 11 --seconds 12`'s scene
+    scene = long_scene(long_seed, long_seconds)  # `anytalker demo --seed 11 --seconds 12`'s scene
+    frames_long = scene.num_frames
     thirds = [(i * frames_long // 3, (i + 1) * frames_long // 3) for i in range(3)]
     for name, window in (("windows of 49", None), (f"one window of {frames_long}", frames_long)):
         start = time.perf_counter()
@@ -259,10 +265,6 @@ def run_windows(pipe, long_seed: int = 11, long_seconds: float = 12.0) -> dict:
         out[name] = {"whole": {**scene_metrics(result.frames, scene), "seconds": seconds},
                      "thirds": span_rows(result.frames, scene, thirds), "windows": len(result.info["windows"])}
     return out
-
-
-def table_scene(seed: int = 900_100, seconds: float = 20.0):
-    return make_scene(2, seed, frames=max(1, round(seconds * 24 / 4)) * 4 + 1)
 
 
 def window_rows(result, scene) -> list[dict]:
@@ -278,7 +280,7 @@ def window_rows(result, scene) -> list[dict]:
 
 def run_per_window(pipe, table_seed: int = 900_100, table_seconds: float = 20.0) -> dict:
     """A 20 s scene in the model's trained windows, scored window by window against the first."""
-    scene = table_scene(table_seed, table_seconds)
+    scene = long_scene(table_seed, table_seconds)
     result = generate_scene_result(pipe, scene, steps=20, seed=0)
     return {"seed": table_seed, "frames": scene.num_frames, "rows": window_rows(result, scene),
             "whole": scene_metrics(result.frames, scene)}
@@ -288,27 +290,28 @@ def run_carried(pipe, table_seed: int = 900_100, table_seconds: float = 20.0) ->
     """The per-window scene again, each later window given the ground truth's frames at its start
     instead of the previous window's last ones: is a window weak because of what it is given
     (drift compounding) or because of what it must say?"""
-    from anytalker.encoders.vae import decode_latents, encode_video
+    from anytalker.encoders.vae import encode_video
+    from anytalker.pipeline.conditioning import pixels
 
-    scene = table_scene(table_seed, table_seconds)
-    truth = torch.from_numpy(scene.frames).float().permute(3, 0, 1, 2) / 127.5 - 1  # [3, F, H, W]
+    scene = long_scene(table_seed, table_seconds)
+    truth = pixels(scene.frames)  # [1, 3, F, H, W]
     generate_window = pipe.prepare_latents
-    windows = plan_windows(scene.num_frames, 49, 5, pipe.vae_scale_factor_temporal)
+    windows = plan_windows(scene.num_frames, WINDOW_FRAMES, MOTION_FRAMES, pipe.vae_scale_factor_temporal)
     out = {}
     for name, given in CARRIED.items():
         def prepare_latents(regions, known, num_frames, generator, device, dtype):
             if given is not None and pipe.current_window > 0:
                 count, through_vae = given
                 start = windows[pipe.current_window].start
-                known = truth[None, :, start:start + count]
+                known = truth[:, :, start:start + count]
                 if through_vae:
-                    with torch.no_grad():
-                        known = decode_latents(pipe.vae, encode_video(pipe.vae, known)).float().clamp(-1, 1)
+                    known = pipe.decode(encode_video(pipe.vae, known))[None]
             return generate_window(regions, known, num_frames, generator, device, dtype)
 
         pipe.prepare_latents = prepare_latents
         try:
-            result = generate_scene_result(pipe, scene, steps=20, seed=0, max_frames_per_window=49)
+            result = generate_scene_result(pipe, scene, steps=20, seed=0, max_frames_per_window=WINDOW_FRAMES,
+                                           motion_frames=MOTION_FRAMES)
         finally:
             pipe.prepare_latents = generate_window
         out[name] = window_rows(result, scene)
@@ -333,12 +336,10 @@ def print_carried(carried: dict) -> None:
     modes = carried["modes"]
     print(f"\n### {carried['frames']}-frame scene (seed {carried['seed']}): lip own per window, by what each later "
           f"window is given\n")
-    names = list(modes)
-    lines = ["| | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
-    for index, row in enumerate(modes[names[0]]):
-        lines.append(f"| {row['frames']} | " + " | ".join(f"{modes[n][index]['lip_own'] or float('nan'):.2f}" for n in names) + " |")
-    lines.append("| \\|gen - gt\\|, last window | " + " | ".join(f"{modes[n][-1]['pixels']:.2f}" for n in names) + " |")
-    print("\n".join(lines))
+    rows = [(row["frames"], {name: modes[name][index]["lip_own"] for name in modes})
+            for index, row in enumerate(next(iter(modes.values())))]
+    rows.append(("\\|gen - gt\\|, last window", {name: modes[name][-1]["pixels"] for name in modes}))
+    print(table(rows, [(name, name) for name in modes]))
 
 
 def print_per_window(per: dict) -> None:
