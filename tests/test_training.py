@@ -336,3 +336,42 @@ def test_two_processes_save_merged_lora_and_ema_weights_through_the_gathered_sta
         a, b = (load_file(str(tmp_path / run / folder / "diffusion_pytorch_model.safetensors")) for run in ("one", "two"))
         assert set(a) == set(b) and not any("lora" in k for k in b)
         assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4, folder
+
+
+def test_temporal_loss_counts_frame_to_frame_error_changes_outside_the_faces_only():
+    from types import SimpleNamespace
+
+    from anytalker.training.loss import flow_matching_loss
+
+    latents = torch.zeros(1, 2, 3, 4, 4)  # x0 = 0, so the target flow is the noise = x_t / sigma
+    masks = torch.zeros(1, 2, 2, 2)
+    masks[0, 0, 0, 0] = 1  # identity 0's face: the top-left token = latent pixels [0:2, 0:2]
+    masks[0, 1, 1, 1] = 1  # identity 1's face: the bottom-right token
+    batch = {"latents": latents, "y": torch.zeros(1, 1, 3, 4, 4), "text": None, "clip_image": None,
+             "faces": None, "audio": None, "token_masks": masks}
+
+    def loss_with(error, temporal_weight):
+        def transformer(hidden_states, timestep, **_):
+            sigma = timestep.view(-1, 1, 1, 1, 1) / 1000
+            return SimpleNamespace(sample=hidden_states[:, :2] / sigma + error)
+        generators = [torch.Generator().manual_seed(0)]
+        return flow_matching_loss(transformer, batch, generators, 3.0, "none", temporal_weight).item()
+
+    steady = torch.full((1, 2, 3, 4, 4), 0.5)  # the same error in every frame: no flicker
+    assert loss_with(steady, 0.0) == pytest.approx(0.25, rel=1e-4)
+    assert loss_with(steady, 10.0) == pytest.approx(0.25, rel=1e-4)
+    in_faces = steady.clone()
+    in_faces[:, :, 1, :2, :2] = -0.5  # the error flips in frame 1, inside identity 0's face only
+    in_faces[:, :, 1, 2:, 2:] = -0.5
+    assert loss_with(in_faces, 10.0) == pytest.approx(loss_with(in_faces, 0.0), rel=1e-4)
+    background = steady.clone()
+    background[:, :, 1, 0, 3] = -0.5  # ... in one background latent pixel: 2 changes of 1 per channel
+    expected = 0.25 + 10.0 * 2 * 2 * 1.0 / (2 * 2 * 4 * 4)
+    assert loss_with(background, 10.0) == pytest.approx(expected, rel=1e-4)
+
+
+def test_negative_temporal_loss_weight_is_refused():
+    from anytalker.training.config import load_config
+
+    with pytest.raises(ValueError, match="temporal_loss_weight must be >= 0"):
+        load_config({"train": {"temporal_loss_weight": -1.0}})

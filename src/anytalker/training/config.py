@@ -47,6 +47,7 @@ class TrainConfig:
     ema_decay: float | None = None
     flow_shift: float = 3.0
     timestep_weighting: str = "none"  # none | bell (the release scheduler's training weights)
+    temporal_loss_weight: float = 0.0  # + this x MSE of the error's frame-to-frame change outside the faces
     seed: int = 0
 
 
@@ -107,4 +108,6 @@ def load_config(source: str | os.PathLike | dict) -> Config:
         raise ValueError("data.single_view must be full or half")
     if config.train.timestep_weighting not in ("none", "bell"):
         raise ValueError("train.timestep_weighting must be none or bell")
+    if not config.train.temporal_loss_weight >= 0:
+        raise ValueError(f"train.temporal_loss_weight must be >= 0, got {config.train.temporal_loss_weight}")
     return config

@@ -151,7 +151,7 @@ class Trainer:
         size = micro_batch["latents"].shape[0]
         generators = [noise_generator(cfg.train.seed, self.step, first + j) for j in range(size)]
         loss = flow_matching_loss(self.transformer, micro_batch, generators, cfg.train.flow_shift,
-                                  cfg.train.timestep_weighting)
+                                  cfg.train.timestep_weighting, cfg.train.temporal_loss_weight)
         self.accelerator.backward(loss)
         return loss
 
