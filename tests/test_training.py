@@ -361,7 +361,7 @@ def test_temporal_loss_counts_frame_to_frame_error_changes_outside_the_faces_onl
     assert loss_with(steady, 0.0) == pytest.approx(0.25, rel=1e-4)
     assert loss_with(steady, 10.0) == pytest.approx(0.25, rel=1e-4)
     in_faces = steady.clone()
-    in_faces[:, :, 1, :2, :2] = -0.5  # the error flips in frame 1, inside identity 0's face only
+    in_faces[:, :, 1, :2, :2] = -0.5  # the error flips in frame 1, inside the two faces only
     in_faces[:, :, 1, 2:, 2:] = -0.5
     assert loss_with(in_faces, 10.0) == pytest.approx(loss_with(in_faces, 0.0), rel=1e-4)
     background = steady.clone()
