@@ -201,6 +201,17 @@ def test_shipped_recipe_configs_are_valid():
     assert load_config(load_recipe()["stage1"]).data.single_view == "half"
 
 
+def test_stage_configs_point_at_the_runs_folders(tmp_path):
+    from anytalker.puppets.model.stages import train_config
+
+    template = {"data": {"stage": 2, "pair_shards": "runs/puppets/data/stage1"}, "output": {}}
+    config = train_config(template, tmp_path, "stage2")
+    assert config["data"]["shards"] == str(tmp_path / "data" / "stage2")
+    assert config["data"]["pair_shards"] == str(tmp_path / "data" / "stage1")  # stage 2's pairs: stage 1's clips
+    assert config["model"]["source"] == str(tmp_path / "base") and config["output"]["dir"] == str(tmp_path / "stage2")
+    assert "pair_shards" not in train_config({"data": {"stage": 2}}, tmp_path, "stage2")["data"]
+
+
 def test_recipe_quick_mode_runs_every_stage(tmp_path):
     """The whole recipe at toy size (~30 s on 2 cores): data, VAE, base, prepare, stage 1, stage 2,
     export, evaluation; a rerun skips every finished step."""

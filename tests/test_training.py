@@ -152,10 +152,13 @@ def test_side_by_side_pair_layout(datasets):
 
 
 def test_batch_choice_is_a_function_of_seed_and_step():
-    kinds = [choose_batch(10, list(range(8)), step, 2, 1, 0.5, seed=3)[0] for step in range(200)]
+    singles = list(range(10))
+    kinds = [choose_batch(singles, list(range(8)), step, 2, 0.5, seed=3)[0] for step in range(200)]
     assert 0.35 < kinds.count("pairs") / 200 < 0.65
-    assert choose_batch(10, list(range(8)), 7, 2, 1, 0.5, 3) == choose_batch(10, list(range(8)), 7, 2, 1, 0.5, 3)
-    assert all(kind == "singles" for kind, _ in (choose_batch(10, [], s, 2, 2, 0.5, 3) for s in range(20)))
+    assert choose_batch(singles, list(range(8)), 7, 2, 0.5, 3) == choose_batch(singles, list(range(8)), 7, 2, 0.5, 3)
+    assert all(kind == "singles" for kind, _ in (choose_batch(singles, [], s, 2, 0.5, 3) for s in range(20)))
+    kind, chosen = choose_batch([5, 6, 7], [0, 1], 0, 4, 0.0, 3)
+    assert kind == "singles" and set(chosen) <= {5, 6, 7}
 
 
 def _config(shards, out, steps, **train):
@@ -186,6 +189,36 @@ def test_loss_decreases_and_stage2_starts_from_stage1(datasets, tmp_path):
     stage2.train()
     assert {row["kind"] for row in csv.DictReader(open(tmp_path / "s2" / "log.csv"))} == {"singles"}
     assert any(not torch.equal(v, _weights(tmp_path / "s1")[k]) for k, v in _weights(tmp_path / "s2").items())
+
+
+def test_stage2_draws_pair_batches_from_pair_shards_and_single_batches_from_its_own(datasets, tmp_path):
+    config = _config(datasets / "stage2", tmp_path / "mixed", 2)
+    config["data"].update(stage=2, pair_shards=str(datasets / "stage1"), concat_probability=0.5)
+    trainer = Trainer(config, progress=False)
+    own = len(ShardIndex.from_dir(datasets / "stage2"))
+    assert trainer.singles == list(range(own))
+    assert trainer.pairable == list(range(own, own + len(ShardIndex.from_dir(datasets / "stage1"))))
+    kinds = {}
+    for step in range(40):
+        kind, chosen = choose_batch(trainer.singles, trainer.pairable, step, 2, 0.5, 0)
+        kinds.setdefault(kind, step)
+        persons = {len(trainer.index.read(i).audio) for i in chosen}
+        assert persons == ({1} if kind == "pairs" else {2}), (kind, persons)
+    assert set(kinds) == {"pairs", "singles"}
+    kind, batch, _ = trainer.batch(kinds["pairs"])  # pairs of the other folder's clips encode as in stage 1
+    assert kind == "pairs" and batch["audio"].shape[1] == 2
+    plain = _config(datasets / "stage2", tmp_path / "plain", 2)
+    plain["data"]["stage"] = 2
+    assert Trainer(plain, progress=False).pairable == []
+
+
+def test_pair_shards_outside_stage2_and_bad_concat_probability_are_refused(datasets):
+    from anytalker.training.config import load_config
+
+    with pytest.raises(ValueError, match="pair_shards is for stage 2"):
+        load_config({"data": {"stage": 1, "pair_shards": str(datasets / "stage1")}})
+    with pytest.raises(ValueError, match=r"concat_probability must be in \[0, 1\]"):
+        load_config({"data": {"concat_probability": 1.5}})
 
 
 def test_killed_and_resumed_run_equals_uninterrupted_run(datasets, tmp_path):

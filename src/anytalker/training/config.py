@@ -23,7 +23,8 @@ class ModelConfig:
 class DataConfig:
     shards: str = ""  # folder made by `anytalker prepare`
     stage: int = 1  # 1: single clips + side-by-side pairs; 2: real multi-person clips
-    concat_probability: float = 0.5
+    concat_probability: float = 0.5  # share of batches made of side-by-side pairs
+    pair_shards: str = ""  # stage 2: also draw pair batches from this stage-1 folder (concat_probability of them)
     pair_prompt: str = "Two people are talking to each other."
     mask_enlarge: tuple[float, float] = (1.0, 1.3)  # random scale of face boxes for the token masks
     single_view: str = "full"  # single-person examples: "full" frame or the face-centred "half" view
@@ -102,6 +103,10 @@ def load_config(source: str | os.PathLike | dict) -> Config:
     config = _build(Config, values, "config")
     if config.data.stage not in (1, 2):
         raise ValueError(f"data.stage must be 1 or 2, got {config.data.stage}")
+    if config.data.pair_shards and config.data.stage != 2:
+        raise ValueError("data.pair_shards is for stage 2 (stage 1 pairs the clips of data.shards)")
+    if not 0.0 <= config.data.concat_probability <= 1.0:
+        raise ValueError(f"data.concat_probability must be in [0, 1], got {config.data.concat_probability}")
     if config.train.trainable not in ("all", "audio", "lora"):
         raise ValueError(f"train.trainable must be all, audio or lora, got {config.train.trainable!r}")
     if config.data.single_view not in ("full", "half"):

@@ -172,17 +172,18 @@ def collate(encoded: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     }
 
 
-def choose_batch(num_samples: int, pairable: list[int], step: int, batch_size: int, stage: int,
+def choose_batch(singles: list[int], pairable: list[int], step: int, batch_size: int,
                  concat_probability: float, seed: int) -> tuple[str, list[int]]:
     """The sample indices of global step `step`: a pure function of (seed, step), so a resumed run
     draws exactly the batches an uninterrupted one would, whatever the number of processes.
 
-    Stage 1: with probability `concat_probability` the batch is made of side-by-side pairs
-    (2 * batch_size single-person samples, consecutive ones pair up), otherwise of single clips.
+    With probability `concat_probability` the batch is made of side-by-side pairs (2 * batch_size
+    samples of `pairable`, consecutive ones pair up), otherwise of samples of `singles`. An empty
+    `pairable` means no pairs (stage 2 without `pair_shards`).
     """
     rng = random.Random(f"{seed}:{step}")
-    paired = stage == 1 and len(pairable) >= 2 and rng.random() < concat_probability
-    pool = pairable if paired else list(range(num_samples))
+    paired = len(pairable) >= 2 and rng.random() < concat_probability
+    pool = pairable if paired else singles
     needed = batch_size * (2 if paired else 1)
     chosen = rng.sample(pool, needed) if len(pool) >= needed else rng.choices(pool, k=needed)
     return ("pairs" if paired else "singles"), chosen

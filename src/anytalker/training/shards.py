@@ -97,12 +97,17 @@ class ShardIndex:
                     members.setdefault(key, {})[field_name] = (info.offset_data, info.size)
             self.entries += [(shard_id, key, fields) for key, fields in members.items()]
 
-    @classmethod
-    def from_dir(cls, directory: str | os.PathLike) -> "ShardIndex":
+    @staticmethod
+    def shard_files(directory: str | os.PathLike) -> list[Path]:
+        """The shards of a folder made by `anytalker prepare`, in order."""
         shards = sorted(Path(directory).glob("shard-*.tar"))
         if not shards:
             raise FileNotFoundError(f"no shard-*.tar files in {directory} (made by `anytalker prepare`)")
-        return cls(shards)
+        return shards
+
+    @classmethod
+    def from_dir(cls, directory: str | os.PathLike) -> "ShardIndex":
+        return cls(cls.shard_files(directory))
 
     def __len__(self) -> int:
         return len(self.entries)

@@ -84,8 +84,16 @@ class Trainer:
         self.progress = progress and self.accelerator.is_main_process
         set_seed(cfg.train.seed)
         # Data
-        self.index = ShardIndex.from_dir(cfg.data.shards)
-        self.pairable = [i for i, entry in enumerate(self.index.entries) if "half_frames.npy" in entry[2]]
+        # Stage 1 pairs its own single-person clips; stage 2 pairs those of `pair_shards`, if given
+        # (its single batches stay its own clips).
+        shards = ShardIndex.shard_files(cfg.data.shards)
+        own_shards = len(shards)
+        if cfg.data.pair_shards:
+            shards += ShardIndex.shard_files(cfg.data.pair_shards)
+        self.index = ShardIndex(shards)
+        self.singles = [i for i, entry in enumerate(self.index.entries) if entry[0] < own_shards]
+        self.pairable = [i for i, entry in enumerate(self.index.entries) if "half_frames.npy" in entry[2]
+                         and (cfg.data.stage == 1 or entry[0] >= own_shards)]
         # Model and frozen encoders
         components = load_components(cfg)
         self.components = components
@@ -128,7 +136,7 @@ class Trainer:
         """(kind, collated model inputs, position of the first in the global batch): this process's
         share of step `step`'s examples, encoded (`examples.ConditionEncoder`)."""
         cfg = self.config
-        kind, chosen = choose_batch(len(self.index), self.pairable, step, cfg.train.batch_size, cfg.data.stage,
+        kind, chosen = choose_batch(self.singles, self.pairable, step, cfg.train.batch_size,
                                     cfg.data.concat_probability, cfg.train.seed)
         per_example = 2 if kind == "pairs" else 1
         acc = self.accelerator

@@ -170,6 +170,8 @@ def train_config(template: dict, out: Path, stage: str, run: Path | None = None,
     if stage == "stage2":
         config["model"]["transformer"] = str(stage_transformer(run, "stage1"))
     config.setdefault("data", {})["shards"] = str(out / "data" / stage)
+    if config["data"].get("pair_shards"):  # stage 2's pairs are stage 1's singles
+        config["data"]["pair_shards"] = str(out / "data" / "stage1")
     config.setdefault("output", {})["dir"] = str(run / stage)
     return config
 
