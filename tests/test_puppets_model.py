@@ -234,11 +234,16 @@ def test_recipe_quick_mode_runs_every_stage(tmp_path):
     for folder in ("puppets-tiny", "puppets-tiny-stage1"):  # the trained clip length: quick mode's 9 frames
         assert json.loads((out / folder / "generation_defaults.json").read_text())["max_frames_per_window"] == 9
     assert pipe.vae.config.latents_std == json.loads((out / "vae" / "config.json").read_text())["latents_std"]
+    # The thread count of every step before the export: CPU sums (and so the weights) depend on it.
+    threads = json.loads((out / "puppets-tiny" / "training.json").read_text())["threads"]
+    assert threads == {step: torch.get_num_threads() for step in STEPS[:STEPS.index("export")]}
     evaluation = json.loads((out / "evaluation.json").read_text())
     assert set(evaluation) == {"ground_truth", "vae_reconstruction", "stage1", "stage2"}
     assert evaluation["ground_truth"]["summary"]["binding"] == 1.0
     stage1 = yaml.safe_load((out / "configs" / "stage1.yaml").read_text())
     assert stage1["data"]["shards"] == str(out / "data" / "stage1")
+    stage2 = yaml.safe_load((out / "configs" / "stage2.yaml").read_text())  # 30% of its batches: stage 1's pairs
+    assert stage2["data"]["pair_shards"] == str(out / "data" / "stage1") and stage2["data"]["concat_probability"] == 0.3
 
     generalisation = json.loads((out / "generalisation.json").read_text())
     assert generalisation["persons"] == 3 and len(generalisation["stage2"]["scenes"][0]["lip_own"]) == 3
@@ -249,6 +254,8 @@ def test_recipe_quick_mode_runs_every_stage(tmp_path):
     no_pairs = yaml.safe_load((out / "ablations" / "no_pairs" / "configs" / "stage1.yaml").read_text())
     assert no_pairs["data"]["concat_probability"] == 0.0 and stage1["data"]["concat_probability"] == 0.5
     assert no_pairs["train"] == stage1["train"] and no_pairs["data"]["shards"] == stage1["data"]["shards"]
+    no_pairs_stage2 = yaml.safe_load((out / "ablations" / "no_pairs" / "configs" / "stage2.yaml").read_text())
+    assert no_pairs_stage2["data"]["concat_probability"] == 0.0 and no_pairs_stage2["train"] == stage2["train"]
     with open(out / "ablations" / "no_pairs" / "stage1" / "log.csv") as handle:
         assert {row["kind"] for row in csv.DictReader(handle)} == {"singles"}
     skipped = out / "ablations" / "stage2_skipped"

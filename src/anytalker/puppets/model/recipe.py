@@ -74,7 +74,8 @@ def load_recipe(config_dir: str | os.PathLike | None = None, quick: bool = False
 
 
 class _State:
-    """OUT/recipe_state.json: finished steps (with their wall time) and their results."""
+    """OUT/recipe_state.json: finished steps (with their wall time, and the torch threads they ran
+    on: CPU float sums, and so the trained weights, depend on the thread count) and their results."""
 
     def __init__(self, out: Path):
         self.path = out / "recipe_state.json"
@@ -84,7 +85,10 @@ class _State:
         return step in self.data["done"]
 
     def finish(self, step: str, seconds: float, result=None) -> None:
+        import torch
+
         self.data["done"][step] = round(seconds, 1)
+        self.data.setdefault("threads", {})[step] = torch.get_num_threads()
         if result is not None:
             self.data["results"][step] = result
         write_json_atomic(self.path, self.data)

@@ -212,6 +212,7 @@ def step_export(out: Path, recipe: dict, configs: dict) -> dict:
     for stage, target in (("stage2", out / "puppets-tiny"), ("stage1", out / "puppets-tiny-stage1")):
         pipeline_with(out / "base", stage_transformer(out, stage)).save_pretrained_atomic(target, overwrite=True)
         write_json_atomic(target / GENERATION_DEFAULTS, generation_defaults(recipe))
-    training = {"recipe": recipe, "stage1": configs["stage1"], "stage2": configs["stage2"]}
+    threads = json.loads((out / "recipe_state.json").read_text()).get("threads", {})
+    training = {"recipe": recipe, "stage1": configs["stage1"], "stage2": configs["stage2"], "threads": threads}
     write_json_atomic(out / "puppets-tiny" / "training.json", training)
     return {"bytes": _folder_bytes(out / "puppets-tiny")}
