@@ -127,7 +127,7 @@ def train_puppets_model(out: str | os.PathLike, quick: bool = False, config_dir:
         "prepare": lambda: step_prepare(out, recipe, progress),
         "stage1": lambda: step_train(out, configs, "stage1", progress),
         "stage2": lambda: step_train(out, configs, "stage2", progress),
-        "export": lambda: step_export(out, recipe, configs),
+        "export": lambda: step_export(out, recipe, configs, state.data.get("threads", {})),
         "evaluate": lambda: step_evaluate(out, recipe, progress),
         "generalise": lambda: step_generalise(out, recipe, progress),
         "ablations": lambda: step_ablations(out, recipe, configs, progress, say),

@@ -203,16 +203,16 @@ def _folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def step_export(out: Path, recipe: dict, configs: dict) -> dict:
+def step_export(out: Path, recipe: dict, configs: dict, threads: dict) -> dict:
     """OUT/puppets-tiny (stage 2) and OUT/puppets-tiny-stage1 (stage 1 only), diffusers format, each
     with generation_defaults.json (the trained window length and sampling defaults that
-    `runner.model_defaults` reads)."""
+    `runner.model_defaults` reads); puppets-tiny/training.json: the recipe, both stage configs and
+    `threads`, the torch thread count of each finished step."""
     from ...pipeline.runner import GENERATION_DEFAULTS
 
     for stage, target in (("stage2", out / "puppets-tiny"), ("stage1", out / "puppets-tiny-stage1")):
         pipeline_with(out / "base", stage_transformer(out, stage)).save_pretrained_atomic(target, overwrite=True)
         write_json_atomic(target / GENERATION_DEFAULTS, generation_defaults(recipe))
-    threads = json.loads((out / "recipe_state.json").read_text()).get("threads", {})
     training = {"recipe": recipe, "stage1": configs["stage1"], "stage2": configs["stage2"], "threads": threads}
     write_json_atomic(out / "puppets-tiny" / "training.json", training)
     return {"bytes": _folder_bytes(out / "puppets-tiny")}
