@@ -25,8 +25,8 @@ step resumable and skipped when done (state in OUT/recipe_state.json):
 11. report    OUT/results.md (the tables of the README) and puppets-tiny/evaluation.json
 
 Steps 1-7 are in `stages`, 8-9 in `evaluation`, 10 in `ablations`, 11 in `report`.
-The model alone is steps 1-7 (`--until export`, ~40 minutes on 2 CPU cores); the whole recipe
-with its evaluations and ablations ~2 hours.
+The model alone is steps 1-7 (`--until export`, ~70 minutes on 2 CPU cores); the whole recipe
+with its evaluations and ablations ~3.5 hours (CPU speed varies: up to twice that was seen).
 
 Sizes live in configs/puppets/recipe.yaml (and the two training configs next to it).
 """
